@@ -1,0 +1,3 @@
+from ae3tools.cli import main
+
+main()

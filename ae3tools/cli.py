@@ -1,0 +1,376 @@
+"""The `ae3tools` command line: parse arguments, call the library, present results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ae3tools import __version__
+from ae3tools.artifact import Artifact, load_artifact
+from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
+from ae3tools.fileio import read_input, write_atomic
+from ae3tools.findings import Ae3Error, Finding, Severity, UsageError, error, errors_in
+from ae3tools.key import make_key_file
+from ae3tools.romfs import (
+    OPENMV_ALIGNMENT,
+    REQUIRED_ALIGNMENT,
+    AlignmentRule,
+    build_romfs,
+    extract,
+    file_digests,
+    parse_romfs,
+)
+
+# Piped output is read by people in CI logs and by grep: do not wrap it at 80 columns.
+_PIPE_WIDTH = 160
+out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
+
+app = typer.Typer(
+    help="Build, check, bundle and flash OpenMV AE3 firmware artifacts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+romfs_app = typer.Typer(
+    help="List, extract and build MicroPython ROMFS images.", no_args_is_help=True
+)
+app.add_typer(romfs_app, name="romfs")
+
+JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object.")
+ForceOption = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ae3tools {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Build, check, bundle and flash OpenMV AE3 firmware artifacts."""
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def finding_rows(findings: Sequence[Finding]) -> dict[str, list[dict[str, str]]]:
+    return {
+        "errors": [f.as_dict() for f in findings if f.severity is Severity.ERROR],
+        "warnings": [f.as_dict() for f in findings if f.severity is Severity.WARNING],
+        "notes": [f.as_dict() for f in findings if f.severity is Severity.INFO],
+    }
+
+
+_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
+
+
+def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
+    for finding in findings:
+        out.print(
+            f"{prefix}{finding}", style=_STYLE[finding.severity], markup=False, soft_wrap=True
+        )
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"ae3tools: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_rules(texts: Sequence[str], default: Sequence[AlignmentRule]) -> list[AlignmentRule]:
+    try:
+        return [AlignmentRule.parse(t) for t in texts] + list(default)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def romfs_partition(name: str | None) -> Role | None:
+    if name is None:
+        return None
+    try:
+        role = Role(name.lower())
+    except ValueError:
+        role = None
+    if role not in ROMFS_ROLES:
+        raise UsageError(f"--partition {name}: expected romfs0 or romfs1")
+    return role
+
+
+# ----------------------------------------------------------------------------- keygen
+
+
+@app.command()
+def keygen(
+    output: Path = typer.Option(Path("key.bin"), "--output", "-o", help="Where to write the key."),
+    force: bool = ForceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Write the 4096-byte MRAM recovery key.bin (alt 7, RECOVERY).
+
+    Byte-identical to OpenMV's tools/flash_recovery_key.py: the 16-byte key, then zeros.
+
+    Example: ae3tools keygen -o key.bin
+    """
+    data = make_key_file()
+    write_atomic(output, data, force=force)
+    if as_json:
+        emit_json({"output": str(output), "size": len(data)})
+    else:
+        out.print(f"wrote {output} ({len(data)} bytes)")
+
+
+# ----------------------------------------------------------------------------- romfs
+
+
+@romfs_app.command("ls")
+def romfs_ls(
+    image: Path = typer.Argument(..., help="ROMFS image file."),
+    partition: str | None = typer.Option(
+        None, "--partition", "-p", help="Check the image fits this partition: romfs0 or romfs1."
+    ),
+    align: list[str] = typer.Option(
+        [], "--align", help="Require alignment for matching files, as PATTERN=N (repeatable)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """List and validate a ROMFS image: every file with its size, data offset and alignment.
+
+    Exit status: 0 when the image has no errors (warnings allowed), 1 when it has errors.
+
+    Example: ae3tools romfs ls romfs0.img --partition romfs0
+    """
+    role = romfs_partition(partition)
+    data = read_input(image)
+    parsed = parse_romfs(
+        data,
+        partition=partition_for_role(role) if role else None,
+        alignment=parse_rules(align, REQUIRED_ALIGNMENT),
+    )
+    digests = file_digests(data, parsed.entries)
+    if as_json:
+        header = parsed.header
+        emit_json(
+            {
+                "image": str(image),
+                "size": parsed.image_size,
+                "filesystem_size": header.total_size if header else None,
+                "builder": parsed.builder,
+                "entries": [
+                    {
+                        "path": e.path,
+                        "type": e.type,
+                        "size": e.size,
+                        **(
+                            {
+                                "offset": e.data_offset,
+                                "alignment": e.alignment,
+                                "sha256": digests[e.path],
+                            }
+                            if e.type == "file"
+                            else {}
+                        ),
+                    }
+                    for e in parsed.entries
+                ],
+                **finding_rows(parsed.findings),
+            }
+        )
+    else:
+        table = Table(title=f"{image}", title_justify="left")
+        for column in ("path", "size", "offset", "align", "sha256"):
+            table.add_column(column, justify="right" if column in ("size", "align") else "left")
+        for e in parsed.entries:
+            if e.type == "dir":
+                table.add_row(e.path + "/", "", "", "", "")
+            else:
+                table.add_row(
+                    e.path,
+                    str(e.size),
+                    f"0x{e.data_offset:08x}",
+                    str(e.alignment),
+                    digests[e.path][:16],
+                )
+        out.print(table)
+        if parsed.header:
+            out.print(
+                f"{len(parsed.files)} files, filesystem {parsed.header.total_size} bytes "
+                f"of {parsed.image_size}, {parsed.builder}"
+            )
+        print_findings(parsed.findings, f"{image}: ")
+    if not parsed.ok:
+        raise typer.Exit(1)
+
+
+@romfs_app.command("extract")
+def romfs_extract(
+    image: Path = typer.Argument(..., help="ROMFS image file."),
+    dest: Path = typer.Argument(..., help="Directory to write the files into (created if needed)."),
+    force: bool = ForceOption,
+) -> None:
+    """Write a ROMFS image's files into a directory, never outside it.
+
+    Example: ae3tools romfs extract romfs0.img out/
+    """
+    data = read_input(image)
+    parsed = parse_romfs(data)
+    if parsed.header is None:
+        fail(f"{image}: {errors_in(parsed.findings)[0].message}")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = extract(data, parsed, dest, force=force)
+    out.print(f"extracted {len(written)} files from {image} into {dest}")
+    print_findings(errors_in(parsed.findings), f"{image}: ")
+    if not parsed.ok:
+        raise typer.Exit(1)
+
+
+@romfs_app.command("build")
+def romfs_build(
+    source: Path = typer.Argument(..., help="Directory tree to pack."),
+    output: Path = typer.Option(..., "--output", "-o", help="Image file to write."),
+    partition: str | None = typer.Option(
+        None, "--partition", "-p", help="Refuse an image that does not fit romfs0 or romfs1."
+    ),
+    align: list[str] = typer.Option(
+        [],
+        "--align",
+        help="Data alignment as PATTERN=N (repeatable, first match wins); "
+        "OpenMV's rules follow: *.tflite=16, everything else 4.",
+    ),
+    force: bool = ForceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build a ROMFS image from a directory tree, directories kept, OpenMV alignment.
+
+    Example: ae3tools romfs build rom/ -o romfs0.img --partition romfs0
+    """
+    role = romfs_partition(partition)
+    target = partition_for_role(role) if role else None
+    image = build_romfs(source, alignment=parse_rules(align, OPENMV_ALIGNMENT), partition=target)
+    write_atomic(output, image, force=force)
+    parsed = parse_romfs(image, partition=target)
+    if as_json:
+        emit_json({"output": str(output), "size": len(image), "files": len(parsed.files)})
+    else:
+        fit = f", {100 * len(image) / target.size:.1f}% of {target.name}" if target else ""
+        out.print(f"wrote {output}: {len(parsed.files)} files, {len(image)} bytes{fit}")
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+def artifact_json(artifact: Artifact) -> dict[str, Any]:
+    partition = artifact.partition
+    return {
+        "file": artifact.source,
+        "kind": artifact.kind,
+        "role": artifact.role.value if artifact.role else None,
+        "description": artifact.description,
+        "alt": partition.alt if partition else None,
+        "partition": partition.name if partition else None,
+        "container": artifact.container,
+        "size": len(artifact.data),
+        "sha256": artifact.sha256 if artifact.data else None,
+        "status": artifact.status,
+        **finding_rows(artifact.findings),
+    }
+
+
+_STATUS_MARKUP = {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]", "error": "[red]ERROR[/]"}
+
+
+def _load_or_report(path: Path) -> Artifact:
+    """One unreadable file is a failed row of the report, not the end of it."""
+    try:
+        return load_artifact(path)
+    except Ae3Error as exc:
+        message = str(exc).removeprefix(f"{path}: ")
+        return Artifact(str(path), "unknown", None, "-", b"", (error("UNREADABLE", message),))
+
+
+@app.command()
+def inspect(
+    files: list[Path] = typer.Argument(..., help="Files to check: .bin, .img, .hex, .dfu, key."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recognise and validate release artifacts: firmware, ROMFS images, recovery key.
+
+    Content decides what a file is; its name is only a hint. Exit status 1 if any file
+    has an error.
+
+    Example: ae3tools inspect firmware_M55_HP.bin firmware_M55_HE.bin romfs0.img romfs1.img
+    """
+    artifacts = [_load_or_report(path) for path in files]
+    if as_json:
+        emit_json({"files": [artifact_json(a) for a in artifacts]})
+    else:
+        table = Table()
+        for column in ("file", "what", "alt", "size", "use", "container", "status"):
+            table.add_column(column, justify="right" if column in ("size", "use") else "left")
+        for a in artifacts:
+            p = a.partition
+            table.add_row(
+                a.source,
+                a.description,
+                f"{p.alt} {p.name}" if p else "-",
+                str(len(a.data)),
+                f"{100 * len(a.data) / p.size:.1f}%" if p else "-",
+                a.container,
+                {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]"}.get(
+                    a.status, "[red]ERROR[/]"
+                ),
+            )
+        out.print(table)
+        for a in artifacts:
+            print_findings(
+                [f for f in a.findings if f.severity is not Severity.INFO], f"{a.source}: "
+            )
+    if any(not a.ok for a in artifacts):
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: every failure ends in one line and an exit status."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="ae3tools")
+    except Ae3Error as exc:
+        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
+        if exc.hint:
+            err.print(exc.hint, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("ae3tools: interrupted", markup=False)
+        sys.exit(130)
+    except OSError as exc:
+        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("AE3TOOLS_DEBUG"):
+            raise
+        err.print(
+            f"ae3tools: internal error: {type(exc).__name__}: {exc} "
+            "(set AE3TOOLS_DEBUG=1 for a traceback, and please report it)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(3)

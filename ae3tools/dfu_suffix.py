@@ -1,0 +1,58 @@
+"""The DFU 1.1 file suffix (DFU 1.1 spec, appendix B), as dfu-util's dfu-suffix writes it."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import crcmod.predefined
+
+from ae3tools.board import BOOTLOADER_PID, USB_VID
+from ae3tools.findings import Finding, error
+
+SUFFIX_LENGTH = 16
+SIGNATURE = b"UFD"  # "DFU" stored little-endian
+ANY_ID = 0xFFFF  # the suffix's "matches any device" value
+
+# dfu-util's crc32 is the reflected CRC-32 without the final xor: JAMCRC.
+_jamcrc = crcmod.predefined.mkCrcFun("jamcrc")
+
+# bcdDevice, idProduct, idVendor, bcdDFU, signature, bLength, dwCRC: all little-endian.
+_LAYOUT = struct.Struct("<HHHH3sBI")
+
+
+@dataclass(frozen=True)
+class DfuSuffix:
+    bcd_device: int
+    id_product: int
+    id_vendor: int
+    bcd_dfu: int
+    crc: int
+
+
+def has_suffix(data: bytes) -> bool:
+    return len(data) >= SUFFIX_LENGTH and data[-8:-5] == SIGNATURE and data[-5] == SUFFIX_LENGTH
+
+
+def split_suffix(data: bytes) -> tuple[bytes, DfuSuffix, list[Finding]]:
+    """Strip a DFU suffix, checking its CRC and that its IDs allow the AE3 bootloader."""
+    bcd_device, pid, vid, bcd_dfu, _, _, crc = _LAYOUT.unpack(data[-SUFFIX_LENGTH:])
+    suffix = DfuSuffix(bcd_device, pid, vid, bcd_dfu, crc)
+    findings = []
+    computed = _jamcrc(data[:-4])
+    if computed != crc:
+        findings.append(
+            error(
+                "DFU_SUFFIX_CRC",
+                f"DFU suffix CRC is 0x{crc:08x}, the content gives 0x{computed:08x}: file corrupt",
+            )
+        )
+    if vid not in (USB_VID, ANY_ID) or pid not in (BOOTLOADER_PID, ANY_ID):
+        findings.append(
+            error(
+                "DFU_SUFFIX_DEVICE",
+                f"DFU suffix is for {vid:04x}:{pid:04x}, not the AE3 bootloader "
+                f"{USB_VID:04x}:{BOOTLOADER_PID:04x}",
+            )
+        )
+    return data[:-SUFFIX_LENGTH], suffix, findings

@@ -1,0 +1,125 @@
+"""Cortex-M55 firmware images for the HP and HE cores: size and identity checks."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ae3tools.board import (
+    FIRMWARE_ROLES,
+    MRAM_WRITE_UNIT,
+    RAM_REGIONS,
+    Partition,
+    Role,
+    partition_for_role,
+)
+from ae3tools.findings import Finding, error, warning
+
+VECTOR_TABLE_HEAD = struct.Struct("<II")  # initial SP, reset handler (ARMv8-M ARM, B3.30)
+STACK_ALIGNMENT = 8  # AAPCS: the stack is 8-byte aligned at public interfaces
+
+
+@dataclass(frozen=True)
+class VectorTable:
+    initial_sp: int
+    reset: int
+
+    @property
+    def reset_address(self) -> int:
+        return self.reset & ~1  # bit 0 is the Thumb bit, not part of the address
+
+
+def read_vector_table(data: bytes) -> VectorTable | None:
+    if len(data) < VECTOR_TABLE_HEAD.size:
+        return None
+    return VectorTable(*VECTOR_TABLE_HEAD.unpack_from(data))
+
+
+def core_of(data: bytes) -> Role | None:
+    """Which core's firmware this is, judged by where its reset handler lives."""
+    table = read_vector_table(data)
+    if table is None:
+        return None
+    for role in FIRMWARE_ROLES:
+        if partition_for_role(role).maps(table.reset_address):
+            return role
+    return None
+
+
+def check_firmware(data: bytes, role: Role) -> list[Finding]:
+    """Check an image offered as `role` (HP or HE) against that core's partition."""
+    partition = partition_for_role(role)
+    findings: list[Finding] = []
+    if not data:
+        return [error("FW_EMPTY", "file is empty")]
+    if len(data) > partition.size:
+        findings.append(
+            error(
+                "FW_TOO_BIG",
+                f"{len(data)} bytes; partition {partition.name} (alt {partition.alt}) "
+                f"holds {partition.size}",
+            )
+        )
+    if len(data) % MRAM_WRITE_UNIT:
+        findings.append(
+            warning(
+                "FW_NOT_PADDED",
+                f"{len(data)} bytes is not a multiple of {MRAM_WRITE_UNIT}; "
+                "OpenMV builds pad firmware to 16",
+            )
+        )
+    table = read_vector_table(data)
+    if table is None:
+        findings.append(error("FW_NO_VECTORS", "too short to hold a vector table"))
+        return findings
+    findings.extend(_check_vectors(table, len(data), partition, role))
+    return findings
+
+
+def _check_vectors(
+    table: VectorTable, size: int, partition: Partition, role: Role
+) -> list[Finding]:
+    if table.initial_sp == table.reset == 0xFFFFFFFF:
+        return [error("FW_ERASED", "starts with erased flash (FF), not a vector table")]
+    findings: list[Finding] = []
+    actual = core_of(VECTOR_TABLE_HEAD.pack(table.initial_sp, table.reset))
+    if actual is not None and actual is not role:
+        other = partition_for_role(actual)
+        findings.append(
+            error(
+                "FW_WRONG_CORE",
+                f"this is {actual.name} firmware (reset handler 0x{table.reset:08x} is in "
+                f"{other.name}), offered as {role.name}: it belongs at alt {other.alt}",
+            )
+        )
+    elif actual is None:
+        findings.append(
+            error(
+                "FW_BAD_RESET_VECTOR",
+                f"reset handler 0x{table.reset:08x} is outside partition {partition.name} "
+                f"(0x{partition.start:08x}-0x{partition.limit:08x}): not {role.name} firmware",
+            )
+        )
+    elif table.reset_address >= partition.start + size:
+        findings.append(
+            error(
+                "FW_RESET_PAST_END",
+                f"reset handler 0x{table.reset:08x} lies past the end of the image",
+            )
+        )
+    if not table.reset & 1:
+        findings.append(
+            error("FW_NOT_THUMB", f"reset handler 0x{table.reset:08x} lacks the Thumb bit")
+        )
+    if not any(region.holds_stack_top(table.initial_sp) for region in RAM_REGIONS):
+        findings.append(
+            error("FW_BAD_STACK", f"initial stack pointer 0x{table.initial_sp:08x} is not in RAM")
+        )
+    elif table.initial_sp % STACK_ALIGNMENT:
+        findings.append(
+            warning(
+                "FW_STACK_ALIGNMENT",
+                f"initial stack pointer 0x{table.initial_sp:08x} is not 8-byte aligned",
+            )
+        )
+    return findings

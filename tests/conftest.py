@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ae3tools.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+MPREMOTE = Path(sys.executable).with_name("mpremote")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `ae3tools ARGS` in process through main(), exactly as the console script does."""
+
+    def run(*args: object) -> CliResult:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err, captured.err
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    """A private copy of the sample release artifacts."""
+    dest = tmp_path / "good"
+    shutil.copytree(FIXTURES / "good", dest)
+    return dest
+
+
+def mpremote_build(source: Path, output: Path) -> bytes:
+    """Build a ROMFS image with the real mpremote (a peer tool, needs no device)."""
+    subprocess.run(
+        [str(MPREMOTE), "romfs", "--no-mpy", "-o", str(output), "build", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    return output.read_bytes()
