@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import struct
 import subprocess
@@ -69,9 +70,7 @@ def test_firmware_warnings() -> None:
     assert codes(check_firmware(vectors(0x20001000, 0x80020101, 1000), Role.HP)) == {
         "FW_NOT_PADDED"
     }
-    assert codes(check_firmware(vectors(0x20001004, 0x80020101), Role.HP)) == {
-        "FW_STACK_ALIGNMENT"
-    }
+    assert codes(check_firmware(vectors(0x20001004, 0x80020101), Role.HP)) == {"FW_STACK_ALIGNMENT"}
 
 
 def test_he_partition_limit_is_0x15e000() -> None:
@@ -95,8 +94,17 @@ def test_objcopy_hex_equals_the_binary() -> None:
 def test_hex_outside_one_partition_is_refused(tmp_path: Path) -> None:
     straddle = tmp_path / "x.hex"
     subprocess.run(
-        ["objcopy", "-I", "binary", "-O", "ihex", "--change-addresses", "0x8031ff00",
-         str(GOOD / "firmware_M55_HE.bin"), str(straddle)],
+        [
+            "objcopy",
+            "-I",
+            "binary",
+            "-O",
+            "ihex",
+            "--change-addresses",
+            "0x8031ff00",
+            str(GOOD / "firmware_M55_HE.bin"),
+            str(straddle),
+        ],
         check=True,
     )
     with pytest.raises(Ae3Error, match="not inside one AE3 partition"):
@@ -107,8 +115,17 @@ def test_hex_gap_is_zero_filled_from_the_partition_base(tmp_path: Path) -> None:
     # objcopy places the image 256 bytes into HP: the bytes before it are zeros.
     shifted = tmp_path / "shifted.hex"
     subprocess.run(
-        ["objcopy", "-I", "binary", "-O", "ihex", "--change-addresses", "0x80020100",
-         str(GOOD / "firmware_M55_HP.bin"), str(shifted)],
+        [
+            "objcopy",
+            "-I",
+            "binary",
+            "-O",
+            "ihex",
+            "--change-addresses",
+            "0x80020100",
+            str(GOOD / "firmware_M55_HP.bin"),
+            str(shifted),
+        ],
         check=True,
     )
     assert parse_hex(shifted.read_bytes()).data == bytes(256) + HP
@@ -143,26 +160,23 @@ def test_foreign_suffix_is_refused() -> None:
 @given(st.binary(max_size=400))
 def test_hex_loader_fuzz_raises_only_our_error(data: bytes) -> None:
     text = b":" + data
-    try:
+    with contextlib.suppress(Ae3Error):
         parse_hex(text)
-    except Ae3Error:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(sorted((FIXTURES / "containers").glob("*.hex"))),
-    st.lists(st.tuples(st.integers(0, 1 << 20), st.sampled_from(b"0123456789ABCDEF:\nZ")),
-             max_size=4),
+    st.lists(
+        st.tuples(st.integers(0, 1 << 20), st.sampled_from(b"0123456789ABCDEF:\nZ")), max_size=4
+    ),
 )
 def test_hex_loader_mutation_fuzz(path: Path, edits: list[tuple[int, int]]) -> None:
     raw = bytearray(path.read_bytes()[:2000])
     for position, value in edits:
         raw[position % len(raw)] = value
-    try:
+    with contextlib.suppress(Ae3Error):
         parse_hex(bytes(raw))
-    except Ae3Error:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
@@ -208,7 +222,9 @@ def test_recognises_good_artifacts(name: str, description: str, alt: int, contai
     artifact = load_artifact(FIXTURES / name)
     assert artifact.ok, artifact.findings
     assert (artifact.description, artifact.partition.alt, artifact.container) == (  # type: ignore[union-attr]
-        description, alt, container,
+        description,
+        alt,
+        container,
     )
 
 

@@ -1,5 +1,7 @@
 """The board layout against the brief's partition table and the spec's invariants."""
 
+import itertools
+
 from ae3tools.board import (
     ALT_NAMES,
     DFU_BLOCK_SIZE,
@@ -27,7 +29,7 @@ def test_every_partition_is_whole_blocks_and_mram_is_contiguous():
     for p in PARTITIONS:
         assert p.start % DFU_BLOCK_SIZE == 0 and p.size % DFU_BLOCK_SIZE == 0
     mram = [p for p in PARTITIONS if p.memory is Memory.MRAM]
-    for before, after in zip(mram, mram[1:]):
+    for before, after in itertools.pairwise(mram):
         assert before.limit == after.start
     assert mram[-1].limit == 0x80580000  # spec §2: the XIP region's end
 

@@ -115,8 +115,13 @@ def test_romfs_build_too_big_for_partition(cli, tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_with_an_example(cli) -> None:
-    for command in (["keygen"], ["inspect"], ["romfs", "ls"], ["romfs", "build"],
-                    ["romfs", "extract"]):
+    for command in (
+        ["keygen"],
+        ["inspect"],
+        ["romfs", "ls"],
+        ["romfs", "build"],
+        ["romfs", "extract"],
+    ):
         result = cli(*command, "--help")
         assert result.code == 0 and "Example:" in result.out, command
 
@@ -126,7 +131,9 @@ def test_console_script_and_module_run(tmp_path: Path) -> None:
     for argv in ([str(exe)], [sys.executable, "-m", "ae3tools"]):
         result = subprocess.run(
             [*argv, "inspect", str(FIXTURES / "bad" / "empty.bin")],
-            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert "file is empty" in result.stdout
