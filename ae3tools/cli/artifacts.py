@@ -1,23 +1,31 @@
-"""The `ae3tools` command line: parse arguments, call the library, present results."""
+"""Commands on single artifacts: keygen, romfs ls/extract/build, inspect."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ae3tools import __version__
 from ae3tools.artifact import Artifact, load_artifact
 from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
+from ae3tools.bundle import is_bundle, open_bundle
+from ae3tools.cli.common import (
+    STATUS_MARKUP,
+    ForceOption,
+    JsonOption,
+    app,
+    emit_json,
+    fail,
+    finding_rows,
+    out,
+    print_findings,
+)
+from ae3tools.cli.release import print_report, report_json
 from ae3tools.fileio import read_input, write_atomic
-from ae3tools.findings import Ae3Error, Finding, Severity, UsageError, error, errors_in
+from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.key import make_key_file
 from ae3tools.romfs import (
     OPENMV_ALIGNMENT,
@@ -29,70 +37,10 @@ from ae3tools.romfs import (
     parse_romfs,
 )
 
-# Piped output is read by people in CI logs and by grep: do not wrap it at 80 columns.
-_PIPE_WIDTH = 160
-out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
-
-app = typer.Typer(
-    help="Build, check, bundle and flash OpenMV AE3 firmware artifacts.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
 romfs_app = typer.Typer(
     help="List, extract and build MicroPython ROMFS images.", no_args_is_help=True
 )
 app.add_typer(romfs_app, name="romfs")
-
-JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object.")
-ForceOption = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"ae3tools {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
-    ),
-) -> None:
-    """Build, check, bundle and flash OpenMV AE3 firmware artifacts."""
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
-
-
-def finding_rows(findings: Sequence[Finding]) -> dict[str, list[dict[str, str]]]:
-    return {
-        "errors": [f.as_dict() for f in findings if f.severity is Severity.ERROR],
-        "warnings": [f.as_dict() for f in findings if f.severity is Severity.WARNING],
-        "notes": [f.as_dict() for f in findings if f.severity is Severity.INFO],
-    }
-
-
-_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
-
-
-def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
-    for finding in findings:
-        out.print(
-            f"{prefix}{finding}", style=_STYLE[finding.severity], markup=False, soft_wrap=True
-        )
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"ae3tools: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def parse_rules(texts: Sequence[str], default: Sequence[AlignmentRule]) -> list[AlignmentRule]:
@@ -293,9 +241,6 @@ def artifact_json(artifact: Artifact) -> dict[str, Any]:
     }
 
 
-_STATUS_MARKUP = {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]", "error": "[red]ERROR[/]"}
-
-
 def _load_or_report(path: Path) -> Artifact:
     """One unreadable file is a failed row of the report, not the end of it."""
     try:
@@ -317,10 +262,22 @@ def inspect(
 
     Example: ae3tools inspect firmware_M55_HP.bin firmware_M55_HE.bin romfs0.img romfs1.img
     """
+    # A bundle gets the report `verify` gives; every other file a row of the table.
+    bundles = [p for p in files if is_bundle(p)]
+    files = [p for p in files if p not in bundles]
+    reports = [open_bundle(p) for p in bundles]
     artifacts = [_load_or_report(path) for path in files]
     if as_json:
-        emit_json({"files": [artifact_json(a) for a in artifacts]})
+        emit_json(
+            {
+                "files": [artifact_json(a) for a in artifacts],
+                **({"bundles": [report_json(r) for r in reports]} if reports else {}),
+            }
+        )
     else:
+        for report in reports:
+            print_report(report)
+    if artifacts and not as_json:
         table = Table()
         for column in ("file", "what", "alt", "size", "use", "container", "status"):
             table.add_column(column, justify="right" if column in ("size", "use") else "left")
@@ -333,44 +290,12 @@ def inspect(
                 str(len(a.data)),
                 f"{100 * len(a.data) / p.size:.1f}%" if p else "-",
                 a.container,
-                {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]"}.get(
-                    a.status, "[red]ERROR[/]"
-                ),
+                STATUS_MARKUP[a.status],
             )
         out.print(table)
         for a in artifacts:
             print_findings(
                 [f for f in a.findings if f.severity is not Severity.INFO], f"{a.source}: "
             )
-    if any(not a.ok for a in artifacts):
+    if any(not a.ok for a in artifacts) or any(not r.ok for r in reports):
         raise typer.Exit(1)
-
-
-# ----------------------------------------------------------------------------- entry
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: every failure ends in one line and an exit status."""
-    try:
-        app(args=list(argv) if argv is not None else None, prog_name="ae3tools")
-    except Ae3Error as exc:
-        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
-        if exc.hint:
-            err.print(exc.hint, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("ae3tools: interrupted", markup=False)
-        sys.exit(130)
-    except OSError as exc:
-        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
-        sys.exit(1)
-    except Exception as exc:  # a bug: still one line, with a way to see more
-        if os.environ.get("AE3TOOLS_DEBUG"):
-            raise
-        err.print(
-            f"ae3tools: internal error: {type(exc).__name__}: {exc} "
-            "(set AE3TOOLS_DEBUG=1 for a traceback, and please report it)",
-            markup=False,
-            soft_wrap=True,
-        )
-        sys.exit(3)

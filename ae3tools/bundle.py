@@ -1,0 +1,509 @@
+"""The verified release bundle: a reproducible zip of a manifest and the partition images.
+
+`write_bundle` turns validated artifacts into the archive; `open_bundle` is the one
+reader: it checks everything and reports; `read_bundle` is its strict form for the
+flasher, returning the images in flash order or raising. The format is documented in
+docs/bundle-format.md (with a JSON Schema beside it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn
+
+from ae3tools import __version__
+from ae3tools.artifact import Artifact, examine, load_artifact
+from ae3tools.board import (
+    BOARD_NAME,
+    BOOTLOADER_PID,
+    FLASH_ORDER,
+    USB_VID,
+    Partition,
+    Role,
+    partition_for_role,
+)
+from ae3tools.fileio import write_atomic
+from ae3tools.findings import Ae3Error, Finding, Severity, error, errors_in, warning, warnings_in
+
+FORMAT = "ae3tools-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_SIZE = 1 << 20  # a manifest is a few KiB; refuse to read more than this
+
+# Reproducibility: every member gets the same timestamp, mode and system, stored as is.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_MEMBER_MODE = stat.S_IFREG | 0o644
+_UNIX = 3  # ZipInfo.create_system for Unix, so external_attr carries the mode
+
+# What reading a damaged zip can raise, from zipfile and the layers under it.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+)
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """Optional release metadata, recorded as given (no clock unless asked for)."""
+
+    version: str | None = None
+    build_date: str | None = None
+    git_revision: str | None = None
+    notes: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ManifestImage:
+    """One image's manifest entry."""
+
+    role: Role
+    file: str  # member name inside the zip
+    alt: int
+    alt_name: str
+    partition_start: int
+    partition_size: int
+    length: int
+    sha256: str
+    order: int  # position in the flash sequence, from 1
+    source: str  # the input file's name, for the record
+    container: str  # the input's form before normalising: bin, ihex, dfu-suffix
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def partition(self) -> Partition:
+        return partition_for_role(self.role)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role.value,
+            "file": self.file,
+            "alt": self.alt,
+            "alt_name": self.alt_name,
+            "partition_start": self.partition_start,
+            "partition_size": self.partition_size,
+            "length": self.length,
+            "sha256": self.sha256,
+            "order": self.order,
+            "source": self.source,
+            "container": self.container,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    images: tuple[ManifestImage, ...]  # in flash order
+    release: ReleaseInfo = ReleaseInfo()
+    created_by: str = f"ae3tools {__version__}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "board": BOARD_NAME,
+            "bootloader_usb_id": f"{USB_VID:04x}:{BOOTLOADER_PID:04x}",
+            "created_by": self.created_by,
+            "release": self.release.as_dict(),
+            "flash_order": [image.role.value for image in self.images],
+            "reset_after_last": True,
+            "images": [image.as_dict() for image in self.images],
+        }
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.as_dict(), indent=2) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class BundleImage:
+    """A verified image: the manifest entry and the exact bytes for its partition."""
+
+    entry: ManifestImage
+    data: bytes = field(repr=False)
+
+    @property
+    def role(self) -> Role:
+        return self.entry.role
+
+    @property
+    def partition(self) -> Partition:
+        return self.entry.partition
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    entry: ManifestImage
+    findings: tuple[Finding, ...]
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> str:
+        if errors_in(self.findings):
+            return "error"
+        return "warning" if self.findings else "ok"
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """Everything open_bundle found: archive-level findings and one report per image."""
+
+    path: str
+    manifest: Manifest | None
+    findings: tuple[Finding, ...]
+    images: tuple[ImageReport, ...]
+
+    @property
+    def all_findings(self) -> list[Finding]:
+        return [*self.findings, *(f for image in self.images for f in image.findings)]
+
+    @property
+    def ok(self) -> bool:
+        return not errors_in(self.all_findings)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def resolve_build_date(value: str | None) -> str | None:
+    """'now' reads the clock, or SOURCE_DATE_EPOCH where a reproducible build sets it."""
+    if value != "now":
+        return value
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    utc = dt.timezone.utc
+    moment = dt.datetime.fromtimestamp(int(epoch), utc) if epoch else dt.datetime.now(utc)
+    return moment.replace(microsecond=0).isoformat()
+
+
+def inputs_from_directory(directory: Path) -> dict[Role, Path]:
+    """OpenMV's usual build file names for each role, where present."""
+    if not directory.is_dir():
+        raise Ae3Error(f"{directory}: not a directory")
+    found = {}
+    for role in FLASH_ORDER:
+        name = partition_for_role(role).image_name
+        if name and (directory / name).is_file():
+            found[role] = directory / name
+    if not found:
+        names = ", ".join(str(partition_for_role(r).image_name) for r in FLASH_ORDER)
+        raise Ae3Error(f"{directory}: none of {names} found")
+    return found
+
+
+def collect_artifacts(inputs: Mapping[Role, Path]) -> dict[Role, Artifact]:
+    """Load and validate every input as the role it is offered for."""
+    unknown = set(inputs) - set(FLASH_ORDER)
+    if unknown:
+        raise Ae3Error(f"cannot bundle {', '.join(r.name for r in unknown)}")
+    if not inputs:
+        raise Ae3Error("no images given: name at least one of --hp, --he, --romfs0, --romfs1")
+    return {role: load_artifact(path, role) for role, path in inputs.items()}
+
+
+def build_manifest(artifacts: Mapping[Role, Artifact], release: ReleaseInfo) -> Manifest:
+    """Refuses (Ae3Error naming the file) if any artifact has an error."""
+    for artifact in artifacts.values():
+        problems = errors_in(artifact.findings)
+        if problems:
+            raise Ae3Error(f"{artifact.source}: {problems[0].message}; no bundle written")
+    entries = []
+    for order, role in enumerate((r for r in FLASH_ORDER if r in artifacts), start=1):
+        artifact = artifacts[role]
+        partition = partition_for_role(role)
+        entries.append(
+            ManifestImage(
+                role=role,
+                file=str(partition.image_name),
+                alt=partition.alt,
+                alt_name=partition.name,
+                partition_start=partition.start,
+                partition_size=partition.size,
+                length=len(artifact.data),
+                sha256=artifact.sha256,
+                order=order,
+                source=Path(artifact.source).name,
+                container=artifact.container,
+                warnings=tuple(f"{f.code}: {f.message}" for f in warnings_in(artifact.findings)),
+            )
+        )
+    return Manifest(tuple(entries), release)
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = _UNIX
+    info.external_attr = _MEMBER_MODE << 16
+    return info
+
+
+def bundle_bytes(manifest: Manifest, artifacts: Mapping[Role, Artifact]) -> bytes:
+    """The zip: manifest.json first, then the images in flash order; byte-reproducible."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(_member(MANIFEST_NAME), manifest.to_json())
+        for entry in manifest.images:
+            archive.writestr(_member(entry.file), artifacts[entry.role].data)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _bad(message: str) -> NoReturn:
+    raise _Refused(message)
+
+
+class _Refused(Exception):
+    """The archive cannot be trusted at all; open_bundle turns this into a finding."""
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether a file is a zip archive (and so should be read as a bundle)."""
+    try:
+        with path.open("rb") as stream:
+            return stream.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def open_bundle(path: Path) -> BundleReport:
+    """Check a bundle completely, in memory, writing nothing. Never raises for content.
+
+    Raises Ae3Error only when the file itself cannot be read.
+    """
+    if not path.is_file():
+        raise Ae3Error(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _check_archive(str(path), archive)
+    except _Refused as exc:
+        return BundleReport(str(path), None, (error("BUNDLE_REFUSED", str(exc)),), ())
+    except _ZIP_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return BundleReport(
+            str(path), None, (error("BUNDLE_UNREADABLE", f"not a readable zip: {reason}"),), ()
+        )
+
+
+def read_bundle(path: Path) -> list[BundleImage]:
+    """The verified images in flash order, or Ae3Error with the first problem."""
+    report = open_bundle(path)
+    problems = errors_in(report.all_findings)
+    if problems:
+        first = problems[0]
+        where = f"{first.location}: " if first.location else ""
+        raise Ae3Error(f"{path}: {where}{first.message}")
+    return [
+        BundleImage(image.entry, image.data) for image in report.images if image.data is not None
+    ]
+
+
+def _safe_name(name: str) -> bool:
+    posix = PurePosixPath(name)
+    return (
+        bool(name)
+        and "\\" not in name
+        and "\0" not in name
+        and not posix.is_absolute()
+        and ".." not in posix.parts
+        and ":" not in name
+        and len(posix.parts) == 1
+    )
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """Read at most limit + 1 bytes, whatever the headers claim (zip bombs)."""
+    if info.file_size > limit:
+        _bad(f"member {info.filename} declares {info.file_size} bytes, more than {limit}")
+    with archive.open(info) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        _bad(f"member {info.filename} holds more than {limit} bytes")
+    return data
+
+
+def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
+    members = archive.infolist()
+    seen: set[str] = set()
+    for info in members:
+        name = info.filename
+        if not _safe_name(name):
+            _bad(f"unsafe member name {name!r} (paths, '..' and absolute names are refused)")
+        if name in seen:
+            _bad(f"member {name!r} appears twice")
+        seen.add(name)
+        # Unix file type from the mode bits; zero where the writer recorded none.
+        file_type = stat.S_IFMT(info.external_attr >> 16)
+        if info.is_dir() or file_type not in (0, stat.S_IFREG):
+            _bad(f"member {name!r} is not a regular file")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            _bad(f"member {name!r} uses unsupported compression {info.compress_type}")
+        if info.flag_bits & 0x1:
+            _bad(f"member {name!r} is encrypted")
+    if MANIFEST_NAME not in seen:
+        _bad(f"no {MANIFEST_NAME}")
+    manifest = parse_manifest(
+        _read_member(archive, archive.getinfo(MANIFEST_NAME), MAX_MANIFEST_SIZE)
+    )
+    listed = {entry.file for entry in manifest.images}
+    unlisted = sorted(seen - listed - {MANIFEST_NAME})
+    findings = [error("BUNDLE_UNLISTED", f"member {n!r} is not in the manifest") for n in unlisted]
+    reports = []
+    for entry in manifest.images:
+        if entry.file not in seen:
+            reports.append(
+                ImageReport(entry, (error("BUNDLE_MISSING", "member missing", entry.file),))
+            )
+            continue
+        data = _read_member(archive, archive.getinfo(entry.file), entry.partition_size)
+        reports.append(_check_image(entry, data))
+    return BundleReport(path, manifest, tuple(findings), tuple(reports))
+
+
+def _check_image(entry: ManifestImage, data: bytes) -> ImageReport:
+    where = entry.file
+    if len(data) != entry.length:
+        return ImageReport(
+            entry,
+            (error("BUNDLE_SIZE", f"{len(data)} bytes, manifest says {entry.length}", where),),
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry.sha256:
+        return ImageReport(
+            entry, (error("BUNDLE_HASH", "sha256 does not match the manifest", where),)
+        )
+    checked = examine(data, source=entry.file, role=entry.role)
+    findings = tuple(
+        (error if f.severity is Severity.ERROR else warning)(f.code, f.message, where)
+        for f in checked.findings
+        if f.severity is not Severity.INFO
+    )
+    return ImageReport(entry, findings, data)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        _bad(f"{MANIFEST_NAME}: {where}{key} missing or not {kind.__name__}")
+    return value
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """Parse and check a manifest against the format and the board layout."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _bad(f"{MANIFEST_NAME} is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        _bad(f"{MANIFEST_NAME} is not a JSON object")
+    if data.get("format") != FORMAT:
+        _bad(f"{MANIFEST_NAME}: format is {data.get('format')!r}, not {FORMAT!r}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        _bad(
+            f"{MANIFEST_NAME}: format_version {version!r} is not one this ae3tools reads "
+            f"({FORMAT_VERSION}); upgrade ae3tools"
+        )
+    if data.get("board") != BOARD_NAME:
+        _bad(f"{MANIFEST_NAME}: board {data.get('board')!r} is not {BOARD_NAME}")
+    images = _field(data, "images", list, "")
+    if not images:
+        _bad(f"{MANIFEST_NAME}: lists no images")
+    entries = [_parse_entry(item, index) for index, item in enumerate(images)]
+    roles = [e.role for e in entries]
+    if len(set(roles)) != len(roles) or len({e.file for e in entries}) != len(entries):
+        _bad(f"{MANIFEST_NAME}: an image role or file is listed twice")
+    if sorted(e.order for e in entries) != list(range(1, len(entries) + 1)):
+        _bad(f"{MANIFEST_NAME}: image order is not 1..{len(entries)}")
+    release = data.get("release", {})
+    if not isinstance(release, dict) or not all(isinstance(v, str) for v in release.values()):
+        _bad(f"{MANIFEST_NAME}: release must map names to strings")
+    known = {
+        k: release[k] for k in ("version", "build_date", "git_revision", "notes") if k in release
+    }
+    return Manifest(
+        tuple(sorted(entries, key=lambda e: e.order)),
+        ReleaseInfo(**known),
+        str(data.get("created_by", "")),
+    )
+
+
+def _parse_entry(item: Any, index: int) -> ManifestImage:
+    where = f"images[{index}]."
+    if not isinstance(item, dict):
+        _bad(f"{MANIFEST_NAME}: images[{index}] is not an object")
+    try:
+        role = Role(_field(item, "role", str, where))
+    except ValueError:
+        _bad(f"{MANIFEST_NAME}: {where}role {item.get('role')!r} is unknown")
+    if role not in FLASH_ORDER:
+        _bad(f"{MANIFEST_NAME}: {where}role {role.value} cannot be bundled")
+    partition = partition_for_role(role)
+    entry = ManifestImage(
+        role=role,
+        file=_field(item, "file", str, where),
+        alt=_field(item, "alt", int, where),
+        alt_name=_field(item, "alt_name", str, where),
+        partition_start=_field(item, "partition_start", int, where),
+        partition_size=_field(item, "partition_size", int, where),
+        length=_field(item, "length", int, where),
+        sha256=_field(item, "sha256", str, where),
+        order=_field(item, "order", int, where),
+        source=str(item.get("source", "")),
+        container=str(item.get("container", "")),
+        warnings=tuple(str(w) for w in item.get("warnings", []) or []),
+    )
+    recorded = (entry.alt, entry.alt_name, entry.partition_start, entry.partition_size)
+    actual = (partition.alt, partition.name, partition.start, partition.size)
+    if recorded != actual:
+        _bad(
+            f"{MANIFEST_NAME}: {where} says {role.value} goes to alt {entry.alt} "
+            f"{entry.alt_name} at 0x{entry.partition_start:x}+0x{entry.partition_size:x}; "
+            f"the AE3 layout has alt {partition.alt} {partition.name}"
+        )
+    if not 0 < entry.length <= partition.size:
+        _bad(f"{MANIFEST_NAME}: {where}length {entry.length} does not fit {partition.name}")
+    if not _safe_name(entry.file):
+        _bad(f"{MANIFEST_NAME}: {where}file {entry.file!r} is not a plain member name")
+    return entry
+
+
+def merge_inputs(explicit: Mapping[Role, Path | None], from_dir: Path | None) -> dict[Role, Path]:
+    """Explicit --hp/--he/... win over files found in --from DIR."""
+    found = inputs_from_directory(from_dir) if from_dir else {}
+    found.update({role: path for role, path in explicit.items() if path is not None})
+    return found
+
+
+def write_bundle(
+    output: Path, inputs: Mapping[Role, Path], release: ReleaseInfo, *, force: bool = False
+) -> tuple[Manifest, dict[Role, Artifact]]:
+    """Validate every input, then write the bundle atomically; nothing is written on error."""
+    artifacts = collect_artifacts(inputs)
+    manifest = build_manifest(artifacts, release)
+    write_atomic(output, bundle_bytes(manifest, artifacts), force=force)
+    return manifest, artifacts

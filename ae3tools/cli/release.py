@@ -1,0 +1,154 @@
+"""Commands on release bundles: bundle, verify."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ae3tools.board import Role
+from ae3tools.bundle import (
+    BundleReport,
+    ReleaseInfo,
+    merge_inputs,
+    open_bundle,
+    resolve_build_date,
+    write_bundle,
+)
+from ae3tools.cli.common import (
+    STATUS_MARKUP,
+    ForceOption,
+    JsonOption,
+    app,
+    emit_json,
+    finding_rows,
+    out,
+    print_findings,
+)
+from ae3tools.findings import Severity
+
+
+def report_json(report: BundleReport) -> dict[str, Any]:
+    manifest = report.manifest
+    return {
+        "bundle": report.path,
+        "ok": report.ok,
+        "release": manifest.release.as_dict() if manifest else None,
+        "created_by": manifest.created_by if manifest else None,
+        "images": [
+            {
+                "role": image.entry.role.value,
+                "alt": image.entry.alt,
+                "alt_name": image.entry.alt_name,
+                "file": image.entry.file,
+                "order": image.entry.order,
+                "length": image.entry.length,
+                "partition_size": image.entry.partition_size,
+                "use_percent": round(100 * image.entry.length / image.entry.partition_size, 2),
+                "sha256": image.entry.sha256,
+                "status": image.status,
+                **finding_rows(image.findings),
+            }
+            for image in report.images
+        ],
+        **finding_rows(report.findings),
+    }
+
+
+def print_report(report: BundleReport) -> None:
+    manifest = report.manifest
+    release = manifest.release.as_dict() if manifest else {}
+    title = " ".join([report.path, *(f"{k}={v}" for k, v in release.items())])
+    table = Table(title=title, title_justify="left")
+    for column in ("order", "role", "alt", "size", "use", "sha256", "status"):
+        table.add_column(column, justify="right" if column in ("order", "size", "use") else "left")
+    for image in report.images:
+        entry = image.entry
+        table.add_row(
+            str(entry.order),
+            entry.role.name,
+            f"{entry.alt} {entry.alt_name}",
+            str(entry.length),
+            f"{100 * entry.length / entry.partition_size:.1f}%",
+            entry.sha256[:16],
+            STATUS_MARKUP[image.status],
+        )
+    if report.images:
+        out.print(table)
+    print_findings(
+        [f for f in report.all_findings if f.severity is not Severity.INFO], f"{report.path}: "
+    )
+    verdict = "[green]verified[/]" if report.ok else "[red]FAILED[/]"
+    out.print(f"{report.path}: {verdict}")
+
+
+def show_bundle(path: Path, as_json: bool) -> BundleReport:
+    report = open_bundle(path)
+    if as_json:
+        emit_json(report_json(report))
+    else:
+        print_report(report)
+    return report
+
+
+@app.command()
+def bundle(
+    hp: Path | None = typer.Option(None, "--hp", help="HP core firmware (alt 1)."),
+    he: Path | None = typer.Option(None, "--he", help="HE core firmware (alt 2)."),
+    romfs1: Path | None = typer.Option(None, "--romfs1", help="HE core ROMFS image (alt 3)."),
+    romfs0: Path | None = typer.Option(None, "--romfs0", help="HP core ROMFS image (alt 6)."),
+    from_dir: Path | None = typer.Option(
+        None, "--from", help="Build directory with OpenMV's usual file names."
+    ),
+    output: Path = typer.Option(Path("bundle.zip"), "--output", "-o", help="Bundle to write."),
+    version: str | None = typer.Option(None, "--version", help="Release version, e.g. v4.7.0."),
+    build_date: str | None = typer.Option(
+        None,
+        "--build-date",
+        help="Build date to record; 'now' reads the clock (or SOURCE_DATE_EPOCH).",
+    ),
+    git_revision: str | None = typer.Option(None, "--git-revision", help="Git revision to record."),
+    notes: str | None = typer.Option(None, "--notes", help="Free text to record."),
+    force: bool = ForceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Validate release images and write them into one verified, reproducible bundle.
+
+    Every image is checked for its role first; a bundle with an error is never written.
+    Intel HEX and DFU-suffixed inputs are stored as the exact partition bytes.
+
+    Example: ae3tools bundle --from build/ --version v4.7.0 -o ae3-v4.7.0.zip
+    """
+    inputs = merge_inputs(
+        {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
+    )
+    release = ReleaseInfo(version, resolve_build_date(build_date), git_revision, notes)
+    write_bundle(output, inputs, release, force=force)
+    report = open_bundle(output)
+    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    if as_json:
+        emit_json({**report_json(report), "bundle_sha256": digest, "size": output.stat().st_size})
+    else:
+        print_report(report)
+        out.print(f"wrote {output} ({output.stat().st_size} bytes, sha256 {digest})")
+    if not report.ok:  # cannot happen unless the writer and reader disagree
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle zip to check."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Re-check a bundle completely: manifest, members, hashes, and every image's checks.
+
+    Hostile archives (path traversal, duplicates, symlinks, zip bombs, unknown versions)
+    are refused without writing anything. Exit status 0 only when all is well.
+
+    Example: ae3tools verify ae3-v4.7.0.zip --json
+    """
+    if not show_bundle(bundle_path, as_json).ok:
+        raise typer.Exit(1)

@@ -1,0 +1,47 @@
+"""A full-size release set (HP 3 MiB, HE 1.4 MiB, ROMFS1 1 MiB, ROMFS0 24 MiB), made on demand.
+
+Shared by the tests and scripts/bench. The images are valid for their roles and fill
+their partitions to within a block, which is what a worst-case flash looks like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+from ae3tools.board import Role, partition_for_role
+from ae3tools.romfs import build_romfs
+
+_HEADROOM = 256  # ROMFS bytes around the data: header, names, alignment
+
+
+def _filler(seed: bytes, size: int) -> bytes:
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB of non-trivial bytes
+    return (block * (size // len(block) + 1))[:size]
+
+
+def firmware(role: Role, size: int) -> bytes:
+    partition = partition_for_role(role)
+    vectors = struct.pack("<II", 0x20040000, (partition.start + 0x400) | 1)
+    return vectors + _filler(role.value.encode(), size - len(vectors))
+
+
+def make_full_size_set(directory: Path) -> dict[Role, Path]:
+    """Write the four images with OpenMV's file names; returns role -> path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role in (Role.HP, Role.HE):
+        partition = partition_for_role(role)
+        path = directory / str(partition.image_name)
+        path.write_bytes(firmware(role, partition.size))
+        paths[role] = path
+    for role in (Role.ROMFS1, Role.ROMFS0):
+        partition = partition_for_role(role)
+        tree = directory / f"{role.value}-tree"
+        tree.mkdir(exist_ok=True)
+        (tree / "model.tflite").write_bytes(_filler(b"model", partition.size - _HEADROOM))
+        path = directory / str(partition.image_name)
+        path.write_bytes(build_romfs(tree, partition=partition))
+        paths[role] = path
+    return paths
