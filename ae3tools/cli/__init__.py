@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ae3tools.cli import artifacts as _artifacts  # noqa: F401  (registers commands)
+from ae3tools.cli import device as _device  # noqa: F401
 from ae3tools.cli import release as _release  # noqa: F401
 from ae3tools.cli.common import app, err
 from ae3tools.findings import Ae3Error

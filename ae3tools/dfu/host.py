@@ -1,0 +1,461 @@
+"""The DFU 1.1 host: find the AE3 bootloader, hold one session, download and upload.
+
+Written against pyusb only; whether the backend is libusb or the virtual AE3 does not
+matter here. The procedure is spec §9's: SET_INTERFACE, 4096-byte DNLOADs each
+followed by GETSTATUS until DNLOAD_IDLE (honouring bwPollTimeout), a zero-length
+DNLOAD and GETSTATUS until IDLE, UPLOAD in 4096-byte blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import usb.core
+import usb.util
+
+from ae3tools.board import (
+    ALT_NAMES,
+    APPLICATION_PID,
+    BOOT_HEADER_OFFSET,
+    BOOT_HEADER_SIZE,
+    BOOT_MAGIC,
+    BOOTLOADER_PID,
+    DFU_BLOCK_SIZE,
+    USB_VID,
+    Partition,
+    partition_by_alt,
+)
+from ae3tools.dfu.protocol import (
+    REQUEST_IN,
+    REQUEST_OUT,
+    STATUS_LENGTH,
+    STATUS_SENTENCES,
+    DfuStatus,
+    Request,
+    State,
+)
+from ae3tools.findings import Ae3Error, UsageError
+
+DEFAULT_TIMEOUT_MS = 5000
+MAX_POLLS = 10_000  # GETSTATUS polls for one block before giving up on a stuck device
+DFU_INTERFACE = 0
+UDEV_RULE = (
+    f'SUBSYSTEM=="usb", ATTRS{{idVendor}}=="{USB_VID:04x}", '
+    f'ATTRS{{idProduct}}=="{BOOTLOADER_PID:04x}", MODE="0660", TAG+="uaccess"'
+)
+
+Progress = Callable[[int], None]  # bytes done so far in the current transfer
+
+
+class DeviceError(Ae3Error):
+    """Talking to the camera failed. `where` says which alt and block, when known."""
+
+    def __init__(self, message: str, *, hint: str = "", vanished: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.vanished = vanished
+
+
+class DfuStatusError(DeviceError):
+    def __init__(self, where: str, status: DfuStatus) -> None:
+        sentence = STATUS_SENTENCES.get(status.status, "unknown status")
+        super().__init__(f"{where}: the bootloader reported {status.status.name}: {sentence}")
+        self.status = status
+
+
+class VerifyError(DeviceError):
+    pass
+
+
+def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> DeviceError:
+    """One sentence for each way the bus can fail (pyusb reports libusb's errno)."""
+    if isinstance(exc, usb.core.USBTimeoutError):
+        return DeviceError(
+            f"{where}: the camera did not answer within {timeout_ms} ms "
+            "(it may have hung, or the operation needs a longer --timeout)"
+        )
+    if exc.errno == errno.EPIPE:
+        return DeviceError(f"{where}: the bootloader stalled the request")
+    if exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN):
+        return DeviceError(
+            f"{where}: the camera disconnected (unplugged, reset, or left the bootloader)",
+            vanished=True,
+        )
+    if exc.errno == errno.EACCES:
+        return DeviceError(
+            f"{where}: permission denied opening the camera",
+            hint=f"On Linux, allow access with a udev rule, then replug:\n  {UDEV_RULE}\n"
+            "  (in /etc/udev/rules.d/50-openmv.rules; then: sudo udevadm control --reload)",
+        )
+    return DeviceError(f"{where}: USB error: {exc.strerror or exc}")
+
+
+def libusb_backend() -> Any:
+    """pyusb's libusb1 backend, with libusb-package's bundled library as a fallback."""
+    import usb.backend.libusb1
+
+    backend = usb.backend.libusb1.get_backend()
+    if backend is None:
+        try:
+            import libusb_package
+
+            backend = libusb_package.get_libusb1_backend()
+        except ImportError:
+            backend = None
+    if backend is None:
+        raise Ae3Error(
+            "no libusb backend found: install libusb-1.0 (apt install libusb-1.0-0) "
+            "or the libusb-package Python package"
+        )
+    return backend
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def device_path(device: usb.core.Device) -> str:
+    """Bus and port numbers as dfu-util's -p prints them: "1-2.4"."""
+    ports = getattr(device, "port_numbers", None) or ()
+    return f"{device.bus}-{'.'.join(str(p) for p in ports)}" if ports else f"{device.bus}"
+
+
+def find_bootloaders(backend: Any) -> list[usb.core.Device]:
+    try:
+        found = usb.core.find(
+            find_all=True, idVendor=USB_VID, idProduct=BOOTLOADER_PID, backend=backend
+        )
+        return list(found)
+    except usb.core.NoBackendError:
+        raise Ae3Error("no libusb backend found: install libusb-1.0") from None
+
+
+def find_running_cameras(backend: Any) -> list[usb.core.Device]:
+    """AE3s running their application (37C5:16E3): present, but not in the bootloader."""
+    found = usb.core.find(
+        find_all=True, idVendor=USB_VID, idProduct=APPLICATION_PID, backend=backend
+    )
+    return list(found)
+
+
+def read_serial(device: usb.core.Device) -> str | None:
+    try:
+        serial: str | None = usb.util.get_string(device, device.iSerialNumber)
+    except (usb.core.USBError, ValueError):
+        return None
+    return serial
+
+
+def select(
+    devices: Sequence[usb.core.Device], serial: str | None, path: str | None
+) -> usb.core.Device | None:
+    """The one device matching the selectors; None if none; UsageError if ambiguous."""
+    matching = [
+        device
+        for device in devices
+        if (path is None or device_path(device) == path)
+        and (serial is None or read_serial(device) == serial)
+    ]
+    if len(matching) > 1:
+        listing = ", ".join(
+            f"serial {read_serial(d) or '?'} at path {device_path(d)}" for d in matching
+        )
+        raise UsageError(
+            f"{len(matching)} AE3 bootloaders found ({listing}): choose one with --serial or --path"
+        )
+    return matching[0] if matching else None
+
+
+def wait_for_bootloader(
+    backend: Any,
+    *,
+    serial: str | None = None,
+    path: str | None = None,
+    wait: float = 0.0,
+    poll_interval: float = 0.02,
+    on_waiting: Callable[[], None] | None = None,
+) -> usb.core.Device:
+    """Find the bootloader, polling for `wait` seconds (it listens only ~1.5 s, §8)."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        device = select(find_bootloaders(backend), serial, path)
+        if device is not None:
+            return device
+        if time.monotonic() >= deadline:
+            break
+        if not announced and on_waiting is not None:
+            on_waiting()
+            announced = True
+        time.sleep(poll_interval)
+    wanted = " ".join(
+        part
+        for part in (f"serial {serial}" if serial else "", f"path {path}" if path else "")
+        if part
+    )
+    running = find_running_cameras(backend)
+    hint = (
+        "An AE3 is attached but running its application: reset it (or replug it) and run "
+        "this command again; the bootloader listens for about 1.5 s after power-up."
+        if running
+        else "Plug the camera in (or press reset) while this command waits; "
+        "use --wait-timeout to wait longer."
+    )
+    selector = f" with {wanted}" if wanted else ""
+    waited = f" within {wait:g} s" if wait else ""
+    raise DeviceError(
+        f"no AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}){selector} found{waited}",
+        hint=hint,
+    )
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class BootloaderInfo:
+    serial: str | None
+    path: str
+    version: str | None
+    alt_names: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "path": self.path,
+            "bootloader_version": self.version,
+            "alt_names": list(self.alt_names),
+        }
+
+
+class DfuSession:
+    """One USB session with one bootloader. Close it with detach_and_reset() or close()."""
+
+    def __init__(self, device: usb.core.Device, *, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self.device = device
+        self.timeout_ms = timeout_ms
+        self.path = device_path(device)
+        self._alt: int | None = None
+
+    # ---------------------------------------------------------------- low level
+
+    def _usb(self, where: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except usb.core.USBError as exc:
+            raise describe_usb_error(exc, where, self.timeout_ms) from None
+
+    def _out(
+        self,
+        request: Request,
+        value: int,
+        data: bytes | memoryview,
+        where: str,
+        timeout_ms: int | None = None,
+    ) -> None:
+        self._usb(
+            where,
+            lambda: self.device.ctrl_transfer(
+                REQUEST_OUT, request, value, DFU_INTERFACE, data, timeout_ms or self.timeout_ms
+            ),
+        )
+
+    def _in(
+        self, request: Request, value: int, length: int, where: str, timeout_ms: int | None = None
+    ) -> bytes:
+        reply = self._usb(
+            where,
+            lambda: self.device.ctrl_transfer(
+                REQUEST_IN, request, value, DFU_INTERFACE, length, timeout_ms or self.timeout_ms
+            ),
+        )
+        return bytes(reply)
+
+    def get_status(self, where: str = "GETSTATUS", timeout_ms: int | None = None) -> DfuStatus:
+        raw = self._in(Request.GETSTATUS, 0, STATUS_LENGTH, where, timeout_ms)
+        try:
+            return DfuStatus.unpack(raw)
+        except ValueError as exc:
+            raise DeviceError(f"{where}: malformed GETSTATUS reply: {exc}") from None
+
+    def clear_status(self) -> None:
+        self._out(Request.CLRSTATUS, 0, b"", "CLRSTATUS")
+
+    def abort(self) -> None:
+        self._out(Request.ABORT, 0, b"", "ABORT")
+
+    # ---------------------------------------------------------------- session set-up
+
+    def open(self) -> BootloaderInfo:
+        """Configure, claim, latch the session at once (§9 step 3) and describe it."""
+        device = self.device
+
+        def configure() -> None:
+            if device.get_active_configuration().bConfigurationValue != 1:
+                device.set_configuration(1)
+
+        self._usb("configure", configure)
+        self._usb("claim interface", lambda: usb.util.claim_interface(device, DFU_INTERFACE))
+        version = self.read_version()  # an UPLOAD: latches ATTACHED before the window ends
+        names = tuple(self.alt_names())
+        return BootloaderInfo(read_serial(device), self.path, version, names)
+
+    def alt_names(self) -> list[str]:
+        config = self._usb("read descriptors", self.device.get_active_configuration)
+        indices = [i.iInterface for i in config if i.bInterfaceNumber == DFU_INTERFACE]
+        return [self._string(index) or "" for index in indices]
+
+    def _string(self, index: int) -> str | None:
+        text: str | None = self._usb(
+            "read alt names", lambda: usb.util.get_string(self.device, index)
+        )
+        return text
+
+    def check_layout(self, names: Sequence[str]) -> None:
+        """Refuse a device whose alt settings are not the AE3's (another board, another build)."""
+        if tuple(names) != ALT_NAMES:
+            raise DeviceError(
+                f"device at {self.path} has alt settings {', '.join(names) or 'none'}, not the "
+                f"AE3's {', '.join(ALT_NAMES)}: refusing to write to it"
+            )
+
+    def read_version(self) -> str | None:
+        """UPLOAD alt 0 block 1: the boot header (§10), which also latches the session."""
+        boot = partition_by_alt(0)
+        self.set_alt(boot.alt)
+        header = self._in(
+            Request.UPLOAD,
+            BOOT_HEADER_OFFSET // DFU_BLOCK_SIZE,
+            BOOT_HEADER_SIZE,
+            "read bootloader version",
+        )
+        if len(header) < 7 or int.from_bytes(header[:4], "little") != BOOT_MAGIC:
+            return None
+        return f"{header[4]}.{header[5]}.{header[6]}"
+
+    def set_alt(self, alt: int) -> None:
+        """SET_INTERFACE: also takes the DFU state back to IDLE (§3)."""
+        self._usb(
+            f"select alt {alt}",
+            lambda: self.device.set_interface_altsetting(DFU_INTERFACE, alt),
+        )
+        self._alt = alt
+
+    def _start(self, partition: Partition) -> None:
+        """§9 step 4: select the alt; leave ERROR or any other non-IDLE state."""
+        self.set_alt(partition.alt)
+        status = self.get_status(f"{partition.name} (alt {partition.alt})")
+        if status.state is State.ERROR:
+            self.clear_status()
+        elif status.state is not State.IDLE:
+            self.abort()
+
+    # ---------------------------------------------------------------- transfers
+
+    def _poll(
+        self, where: str, busy: tuple[State, ...], timeout_ms: int | None = None
+    ) -> DfuStatus:
+        """GETSTATUS until the device leaves the busy states, sleeping bwPollTimeout."""
+        for _ in range(MAX_POLLS):
+            status = self.get_status(where, timeout_ms)
+            if status.state is State.ERROR:
+                with contextlib.suppress(DeviceError):
+                    self.clear_status()  # leave ERROR, so the session stays usable (§9)
+                raise DfuStatusError(where, status)
+            if status.state not in busy:
+                return status
+            if status.poll_timeout_ms:
+                time.sleep(status.poll_timeout_ms / 1000)
+        raise DeviceError(f"{where}: the bootloader stayed busy through {MAX_POLLS} polls")
+
+    def download(
+        self,
+        partition: Partition,
+        data: bytes,
+        *,
+        progress: Progress | None = None,
+        timeout_ms: int | None = None,
+        manifest: bool = True,
+    ) -> None:
+        """Write `data` at the start of `partition` (block addresses are block x 4096, §5)."""
+        self._start(partition)
+        view = memoryview(data)
+        label = f"{partition.name} (alt {partition.alt})"
+        block = 0
+        for block, offset in enumerate(range(0, len(data), DFU_BLOCK_SIZE)):
+            where = f"{label} block {block}"
+            chunk = view[offset : offset + DFU_BLOCK_SIZE]
+            self._out(Request.DNLOAD, block, chunk, where, timeout_ms)
+            status = self._poll(where, (State.DNBUSY, State.DNLOAD_SYNC), timeout_ms)
+            if status.state is not State.DNLOAD_IDLE:
+                raise DeviceError(
+                    f"{where}: expected DNLOAD_IDLE, the bootloader is in {status.state.name}"
+                )
+            if progress:
+                progress(min(offset + DFU_BLOCK_SIZE, len(data)))
+        if manifest:
+            self.manifest(partition, block + 1, timeout_ms)
+
+    def manifest(self, partition: Partition, block: int, timeout_ms: int | None = None) -> None:
+        """The zero-length DNLOAD that ends an image (§4.3); manifestation-tolerant: IDLE."""
+        where = f"{partition.name} (alt {partition.alt}) manifest"
+        self._out(Request.DNLOAD, block, b"", where, timeout_ms)
+        status = self._poll(where, (State.MANIFEST, State.MANIFEST_SYNC), timeout_ms)
+        if status.state is not State.IDLE:
+            raise DeviceError(f"{where}: expected IDLE, the bootloader is in {status.state.name}")
+
+    def upload(
+        self, partition: Partition, length: int, *, progress: Progress | None = None
+    ) -> bytes:
+        """Read the first `length` bytes of `partition` in 4096-byte blocks (§6)."""
+        self._start(partition)
+        label = f"{partition.name} (alt {partition.alt})"
+        chunks = []
+        for block, offset in enumerate(range(0, length, DFU_BLOCK_SIZE)):
+            where = f"{label} read-back block {block}"
+            chunk = self._in(Request.UPLOAD, block, DFU_BLOCK_SIZE, where)
+            if len(chunk) != DFU_BLOCK_SIZE:
+                status = self.get_status(where)
+                if status.state is State.ERROR:
+                    self.clear_status()
+                    raise DfuStatusError(where, status)
+                raise DeviceError(f"{where}: short read of {len(chunk)} bytes (end of partition)")
+            chunks.append(chunk)
+            if progress:
+                progress(min(offset + DFU_BLOCK_SIZE, length))
+        return b"".join(chunks)[:length]
+
+    def verify(
+        self, partition: Partition, data: bytes, *, progress: Progress | None = None
+    ) -> None:
+        """Read back exactly len(data) bytes and compare; names the first differing byte."""
+        actual = self.upload(partition, len(data), progress=progress)
+        if actual != data:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(actual, data, strict=False)) if a != b),
+                min(len(actual), len(data)),
+            )
+            raise VerifyError(
+                f"{partition.name} (alt {partition.alt}): read-back differs from the image at "
+                f"byte {first} (block {first // DFU_BLOCK_SIZE})"
+            )
+
+    # ---------------------------------------------------------------- ending
+
+    def detach_and_reset(self) -> None:
+        """DETACH, then a USB reset, as dfu-util -R does: the camera boots (§8.3)."""
+        try:
+            self._out(Request.DETACH, 0, b"", "DETACH")
+        except DeviceError as exc:
+            if not exc.vanished:
+                raise
+        with contextlib.suppress(usb.core.USBError):
+            self.device.reset()  # it may have left already: DETACH alone ends the session
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(usb.core.USBError):
+            usb.util.dispose_resources(self.device)

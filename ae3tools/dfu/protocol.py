@@ -1,0 +1,137 @@
+"""DFU 1.1 as the AE3 bootloader speaks it: requests, states, statuses (spec §3, §4).
+
+Shared by the host and the virtual device, so both name things the same way.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+# spec §3: class requests use interface recipient; bmRequestType 0x21 (OUT) or 0xA1 (IN).
+REQUEST_OUT = 0x21
+REQUEST_IN = 0xA1
+
+
+class Request(IntEnum):
+    """spec §3: DFU class requests."""
+
+    DETACH = 0
+    DNLOAD = 1
+    UPLOAD = 2
+    GETSTATUS = 3
+    CLRSTATUS = 4
+    GETSTATE = 5
+    ABORT = 6
+
+
+class State(IntEnum):
+    """spec §3: DFU states (dfu.h)."""
+
+    APP_IDLE = 0
+    APP_DETACH = 1
+    IDLE = 2
+    DNLOAD_SYNC = 3
+    DNBUSY = 4
+    DNLOAD_IDLE = 5
+    MANIFEST_SYNC = 6
+    MANIFEST = 7
+    MANIFEST_WAIT_RESET = 8
+    UPLOAD_IDLE = 9
+    ERROR = 10
+
+
+class Status(IntEnum):
+    """spec §3: DFU status codes; the AE3 produces OK, errFILE, errWRITE, errADDRESS."""
+
+    OK = 0x00
+    errTARGET = 0x01
+    errFILE = 0x02
+    errWRITE = 0x03
+    errERASE = 0x04
+    errCHECK_ERASED = 0x05
+    errPROG = 0x06
+    errVERIFY = 0x07
+    errADDRESS = 0x08
+    errNOTDONE = 0x09
+    errFIRMWARE = 0x0A
+    errVENDOR = 0x0B
+    errUSBR = 0x0C
+    errPOR = 0x0D
+    errUNKNOWN = 0x0E
+    errSTALLEDPKT = 0x0F
+
+    @classmethod
+    def parse(cls, text: str) -> Status:
+        """A status by name (errWRITE, write, 3) for fault specs and options."""
+        for status in cls:
+            if text.lower() in (status.name.lower(), status.name.lower().removeprefix("err")):
+                return status
+        try:
+            return cls(int(text, 0))
+        except ValueError:
+            raise ValueError(f"unknown DFU status {text!r}") from None
+
+
+# What each status means to someone flashing an AE3 (spec §5-§7 for the ones it sends).
+STATUS_SENTENCES: dict[Status, str] = {
+    Status.OK: "no error",
+    Status.errTARGET: "the file is not for this device",
+    Status.errFILE: "the partition cannot be read back (on RECOVERY: it has nothing to read)",
+    Status.errWRITE: "the bootloader refused or failed the write (BOOT is read-only; on "
+    "RECOVERY: wrong key, or recovery already ran this session)",
+    Status.errERASE: "the memory could not be erased",
+    Status.errCHECK_ERASED: "the memory did not read back erased",
+    Status.errPROG: "the memory could not be programmed",
+    Status.errVERIFY: "the memory did not verify after programming",
+    Status.errADDRESS: "the image does not fit its partition (a block lies past the end)",
+    Status.errNOTDONE: "the image ended before it was complete",
+    Status.errFIRMWARE: "the firmware on the device is corrupt",
+    Status.errVENDOR: "a vendor-specific error",
+    Status.errUSBR: "an unexpected USB reset",
+    Status.errPOR: "an unexpected power-on reset",
+    Status.errUNKNOWN: "an unknown error",
+    Status.errSTALLEDPKT: "the device stalled an unexpected request",
+}
+
+_STATUS_RECORD = struct.Struct("<B3sBB")  # bStatus, bwPollTimeout (24-bit LE), bState, iString
+STATUS_LENGTH = _STATUS_RECORD.size
+
+
+@dataclass(frozen=True)
+class DfuStatus:
+    """A GETSTATUS reply (spec §3)."""
+
+    status: Status
+    poll_timeout_ms: int
+    state: State
+
+    def pack(self) -> bytes:
+        return _STATUS_RECORD.pack(
+            self.status, self.poll_timeout_ms.to_bytes(3, "little"), self.state, 0
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> DfuStatus:
+        if len(data) < STATUS_LENGTH:
+            raise ValueError(f"GETSTATUS reply of {len(data)} bytes, expected {STATUS_LENGTH}")
+        status, poll, state, _ = _STATUS_RECORD.unpack(bytes(data[:STATUS_LENGTH]))
+        return cls(Status(status), int.from_bytes(poll, "little"), State(state))
+
+
+# USB standard requests and descriptor types (USB 2.0 §9.4) that the bootloader answers.
+class StdRequest(IntEnum):
+    GET_STATUS = 0
+    GET_DESCRIPTOR = 6
+    GET_CONFIGURATION = 8
+    SET_CONFIGURATION = 9
+    GET_INTERFACE = 10
+    SET_INTERFACE = 11
+
+
+class DescriptorType(IntEnum):
+    DEVICE = 1
+    CONFIGURATION = 2
+    STRING = 3
+    DEVICE_QUALIFIER = 6

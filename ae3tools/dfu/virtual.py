@@ -1,0 +1,719 @@
+"""The virtual AE3: the `openmv_dfu` bootloader as a USB device model, from the spec.
+
+`VirtualAE3.control()` takes a SETUP packet (and OUT data) and answers as the real
+bootloader would: descriptors (spec §1), the DFU state machine with TinyUSB's and
+OpenMV's quirks (§4-§7), the listen window and the ways a session ends (§8). Two
+adapters reach it: a pyusb backend (`ae3tools.dfu.virtual_backend`) and, for real
+libusb programs, a umockdev ioctl handler. Section numbers below are the spec's.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+from ae3tools.board import (
+    ALT_NAMES,
+    BOOT_HEADER_OFFSET,
+    BOOT_MAGIC,
+    BOOTLOADER_PID,
+    DFU_BLOCK_SIZE,
+    MRAM_WRITE_UNIT,
+    PARTITIONS,
+    RECOVERY_KEY,
+    USB_VID,
+    Memory,
+    Partition,
+    Role,
+    partition_by_name,
+    partition_for_role,
+)
+from ae3tools.dfu.protocol import (
+    DescriptorType,
+    DfuStatus,
+    Request,
+    State,
+    Status,
+    StdRequest,
+)
+
+BOOTLOADER_VERSION = (1, 0, 3)  # §0, header.h
+MAX_TRANSFER = DFU_BLOCK_SIZE  # §1.2 wTransferSize
+NOR_PAGE = 128  # §5.2: page-program commands of 128 bytes
+NOR_ERASED = 0xFF  # §5.2 (inferred erase value)
+MRAM_FRESH = 0x00
+MRAM_PARTITIONS = 5  # §4.1: mpu_rw exists for alts 0-4
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+
+def _device_descriptor() -> bytes:
+    """§1.1: 12 01 00 02 00 00 00 40 C5 37 E3 96 03 01 01 02 03 01."""
+    major, minor, patch = BOOTLOADER_VERSION
+    bcd_device = (major << 8) | (minor << 4) | patch  # not strict BCD (§1.1)
+    return (
+        bytes([0x12, 0x01, 0x00, 0x02, 0, 0, 0, 0x40])
+        + USB_VID.to_bytes(2, "little")
+        + BOOTLOADER_PID.to_bytes(2, "little")
+        + bcd_device.to_bytes(2, "little")
+        + bytes([1, 2, 3, 1])
+    )
+
+
+DFU_FUNCTIONAL = bytes([0x09, 0x21, 0x07, 0xE8, 0x03, 0x00, 0x10, 0x01, 0x01])  # §1.2
+
+
+def _interface_descriptor(alt: int) -> bytes:
+    return bytes([0x09, 0x04, 0, alt, 0, 0xFE, 0x01, 0x02, 4 + alt])
+
+
+def _configuration_descriptor() -> bytes:
+    """§1.2: one interface, eight alt settings, then the DFU functional descriptor."""
+    body = b"".join(_interface_descriptor(alt) for alt in range(len(PARTITIONS)))
+    body += DFU_FUNCTIONAL
+    total = 9 + len(body)
+    return bytes([0x09, 0x02, *total.to_bytes(2, "little"), 1, 1, 0, 0x80, 0xFA]) + body
+
+
+DEVICE_DESCRIPTOR = _device_descriptor()
+CONFIGURATION_DESCRIPTOR = _configuration_descriptor()
+DEVICE_QUALIFIER = bytes([0x0A, 0x06, 0x00, 0x02, 0, 0, 0, 0x40, 0x01, 0x00])  # §1.1
+MAX_STRING_CHARS = 32  # §1.3
+
+
+def string_descriptor(text: str) -> bytes:
+    """§1.3: truncated to 32 characters, ASCII zero-extended to UTF-16LE."""
+    encoded = text[:MAX_STRING_CHARS].encode("utf-16-le")
+    return bytes([2 + len(encoded), DescriptorType.STRING]) + encoded
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the device costs, in seconds (§11: not derivable from the source).
+
+    `zero()` is for tests. `realistic()` is a stated assumption, not a measurement:
+    MRAM stores at about 8 MB/s, a NOR 4 KiB sector erase of 20 ms, 128-byte page
+    programs of 0.3 ms, a 4 KiB NOR read of 0.7 ms (single-lane SPI at 50 MHz, §11),
+    0.25 ms of bus time per control transfer with data, 2 s for the recovery sequence,
+    and the 1.5 s listen window of §8.1.
+    """
+
+    listen_window: float | None = None  # None: no timeout, like forced entry (§8.1)
+    control_transfer: float = 0.0
+    mram_write_16: float = 0.0
+    nor_sector_erase: float = 0.0
+    nor_page_program: float = 0.0
+    nor_read_block: float = 0.0
+    recovery: float = 0.0
+
+    @classmethod
+    def zero(cls) -> Timing:
+        return cls()
+
+    @classmethod
+    def realistic(cls) -> Timing:
+        return cls(
+            listen_window=1.5,
+            control_transfer=0.00025,
+            mram_write_16=0.000002,
+            nor_sector_erase=0.020,
+            nor_page_program=0.0003,
+            nor_read_block=0.0007,
+            recovery=2.0,
+        )
+
+    @classmethod
+    def named(cls, name: str) -> Timing:
+        presets = {"zero": cls.zero, "realistic": cls.realistic}
+        if name not in presets:
+            raise ValueError(f"timing {name!r}: expected one of {', '.join(presets)}")
+        return presets[name]()
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class FaultKind(str, Enum):
+    STATUS = "status"  # the block's write (or read) fails with a DFU status
+    VANISH = "vanish"  # the device disappears, as an unplug does
+    STALL = "stall"  # the request is stalled
+    HANG = "hang"  # the device stops answering
+    SLOW = "slow"  # the block's flash work takes `seconds` longer
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure to inject when the host sends `op` for (alt, block). Fires once."""
+
+    kind: FaultKind
+    alt: int
+    block: int
+    op: str = "dnload"  # or "upload"
+    status: Status = Status.errWRITE
+    seconds: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """KIND:alt=ALT:block=N[:op=upload][:status=errWRITE][:seconds=S].
+
+        ALT is a number or an alt name: "status:alt=HP:block=3:status=errWRITE".
+        """
+        kind_text, *pairs = text.strip().split(":")
+        try:
+            kind = FaultKind(kind_text)
+            values = dict(pair.split("=", 1) for pair in pairs)
+            alt_text = values.pop("alt")
+            alt = int(alt_text) if alt_text.isdigit() else partition_by_name(alt_text).alt
+            fault = cls(kind, alt, int(values.pop("block")))
+            if "op" in values:
+                fault = replace(fault, op=values.pop("op"))
+            if "status" in values:
+                fault = replace(fault, status=Status.parse(values.pop("status")))
+            if "seconds" in values:
+                fault = replace(fault, seconds=float(values.pop("seconds")))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                f"fault {text!r}: expected KIND:alt=ALT:block=N[:op=dnload|upload]"
+                f"[:status=CODE][:seconds=S], KIND one of "
+                f"{', '.join(k.value for k in FaultKind)} ({exc})"
+            ) from None
+        if values or fault.op not in ("dnload", "upload"):
+            raise ValueError(f"fault {text!r}: unknown field(s) {', '.join(values) or fault.op}")
+        return fault
+
+    @classmethod
+    def parse_many(cls, texts: Iterable[str]) -> list[Fault]:
+        return [cls.parse(part) for text in texts for part in text.split(",") if part.strip()]
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class Stall(Exception):
+    """The device stalls this control transfer (§4.2); the state does not change."""
+
+
+class NoDevice(Exception):
+    """The device is not on the bus (it left the bootloader, or was unplugged)."""
+
+
+class DeviceTimeout(Exception):
+    """The device did not complete the transfer within the host's timeout."""
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def partition_file_name(partition: Partition) -> str:
+    return f"{partition.alt}-{partition.name}.bin"
+
+
+def _fresh_contents(partition: Partition) -> bytes:
+    """What an untouched partition holds: erased NOR, zeroed MRAM, and a bootloader."""
+    if partition.memory is Memory.NOR:
+        return bytes([NOR_ERASED]) * partition.size
+    image = bytearray(partition.size)
+    if partition.read_only:  # BOOT: a stand-in bootloader carrying the real boot header (§10)
+        major, minor, patch = BOOTLOADER_VERSION
+        header = BOOT_MAGIC.to_bytes(4, "little") + bytes([major, minor, patch])
+        image[BOOT_HEADER_OFFSET : BOOT_HEADER_OFFSET + len(header)] = header
+    return bytes(image)
+
+
+class DeviceMemory:
+    """The camera's storage, one buffer per partition; file-backed when given a directory.
+
+    A directory keeps one file per partition (`1-HP.bin`, ...), created on first use,
+    so a flash survives across runs as a real camera's memory does.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self._buffers: dict[int, bytearray | mmap.mmap] = {}
+        self._lock = threading.Lock()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def buffer(self, partition: Partition) -> bytearray | mmap.mmap:
+        if partition.memory is Memory.RECOVERY:
+            raise ValueError("the recovery partition has no storage")
+        with self._lock:
+            existing = self._buffers.get(partition.alt)
+            if existing is not None:
+                return existing
+            created = self._open(partition)
+            self._buffers[partition.alt] = created
+            return created
+
+    def _open(self, partition: Partition) -> bytearray | mmap.mmap:
+        if self.directory is None:
+            return bytearray(_fresh_contents(partition))
+        path = self.directory / partition_file_name(partition)
+        if not path.exists() or path.stat().st_size != partition.size:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(_fresh_contents(partition))
+            os.replace(tmp, path)
+        with path.open("r+b") as stream:
+            return mmap.mmap(stream.fileno(), partition.size)
+
+    def read(self, partition: Partition, offset: int, length: int) -> bytes:
+        return bytes(self.buffer(partition)[offset : offset + length])
+
+    def write(self, partition: Partition, offset: int, data: bytes | memoryview) -> None:
+        self.buffer(partition)[offset : offset + len(data)] = data
+
+    def erase(self, partition: Partition) -> None:
+        buffer = self.buffer(partition)
+        buffer[:] = bytes([NOR_ERASED]) * partition.size
+
+    def flush(self) -> None:
+        for buffer in self._buffers.values():
+            if isinstance(buffer, mmap.mmap):
+                buffer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for buffer in self._buffers.values():
+            if isinstance(buffer, mmap.mmap):
+                buffer.close()
+        self._buffers.clear()
+
+
+# ----------------------------------------------------------------------------- the device
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A control transfer's SETUP packet."""
+
+    request_type: int
+    request: int
+    value: int
+    index: int
+    length: int
+
+    @property
+    def is_in(self) -> bool:
+        return bool(self.request_type & 0x80)
+
+    @property
+    def kind(self) -> int:
+        return (self.request_type >> 5) & 3  # 0 standard, 1 class, 2 vendor
+
+    @property
+    def recipient(self) -> int:
+        return self.request_type & 0x1F  # 0 device, 1 interface
+
+
+class BootMode(Enum):
+    """§8: OpenMV's own session flag."""
+
+    DETACHED = "detached"
+    ATTACHED = "attached"
+    RESET = "reset"
+
+
+@dataclass
+class DeviceStats:
+    """What the device did, for tests and benchmarks."""
+
+    device_time: float = 0.0  # seconds of modelled device work
+    blocks_written: int = 0
+    blocks_read: int = 0
+    control_transfers: int = 0
+    recoveries: int = 0
+    notes: list[str] = field(default_factory=list)  # undefined behaviour the host triggered
+
+
+DEFAULT_SERIAL = "AE30000000000000DEADBEEF"  # §1.3: 24 upper-case hex digits
+
+
+class VirtualAE3:
+    """The bootloader's state machine (§4), memory semantics (§5-§7) and session (§8)."""
+
+    def __init__(
+        self,
+        memory: DeviceMemory | None = None,
+        timing: Timing | None = None,
+        faults: Iterable[Fault] = (),
+        *,
+        serial: str = DEFAULT_SERIAL,
+        forced: bool = False,
+        plug_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.memory = memory or DeviceMemory()
+        self.timing = timing or Timing.zero()
+        self.faults = list(faults)
+        self.serial = serial
+        self.forced = forced  # §8.1: the application asked for the bootloader (magic word)
+        self.clock = clock
+        self.sleep = sleep
+        self.stats = DeviceStats()
+        self.lock = threading.RLock()
+        self.exit_reason: str | None = None  # why the bootloader left, once it has
+        self.hung = False
+        self.configuration = 1  # §8.1 phase A: the OS configures it at once
+        self.boot_mode = BootMode.DETACHED
+        # Plugged in (and enumerated: §8.1 phase A) `plug_delay` seconds from now.
+        self.configured_at = clock() + plug_delay
+        self._armed_fault: Fault | None = None
+        self.busy_until = 0.0
+        # §4.1: the DFU driver's variables.
+        self.state = State.IDLE
+        self.status = Status.OK
+        self.alt = 0
+        self.pending = False
+        self.block = 0
+        self.length = 0
+        self.xfer = bytearray(MAX_TRANSFER)
+        self.mpu_rw = [False] * MRAM_PARTITIONS
+        self.recovered = False
+
+    # ------------------------------------------------------------------ session (§8)
+
+    @property
+    def present(self) -> bool:
+        """On the bus as the bootloader (it may leave by itself: §8.3)."""
+        with self.lock:
+            self._check_listen_window()
+            return self.exit_reason is None and self.clock() >= self.configured_at
+
+    def _check_listen_window(self) -> None:
+        window = self.timing.listen_window
+        if (
+            self.exit_reason is None
+            and window is not None
+            and not self.forced
+            and self.boot_mode is BootMode.DETACHED
+            and self.clock() - self.configured_at > window
+        ):
+            self.leave(f"no DFU activity within {window} s of enumeration")
+
+    def leave(self, reason: str) -> None:
+        """§8.1 step 5: disconnect and jump to HP (no validity check)."""
+        if self.exit_reason is None:
+            self.exit_reason = reason
+            self.memory.flush()
+
+    def bus_reset(self) -> None:
+        """§8.3: a USB reset unconfigures the device and the bootloader leaves."""
+        with self.lock:
+            self._require_present()
+            self.leave("USB reset")
+
+    def unplug(self) -> None:
+        with self.lock:
+            self.leave("unplugged")
+
+    def _require_present(self) -> None:
+        self._check_listen_window()
+        if self.exit_reason is not None:
+            raise NoDevice(self.exit_reason)
+        if self.clock() < self.configured_at:
+            raise NoDevice("not plugged in yet")
+
+    def _busy(self, seconds: float) -> None:
+        """The device is occupied: the next request waits until the work is done (§11)."""
+        if seconds > 0:
+            self.busy_until = max(self.busy_until, self.clock()) + seconds
+            self.stats.device_time += seconds
+
+    def _wait_until_free(self, timeout: float) -> None:
+        remaining = self.busy_until - self.clock()
+        if remaining > timeout:
+            self.sleep(timeout)
+            raise DeviceTimeout("device busy past the host's timeout")
+        if remaining > 0:
+            self.sleep(remaining)
+
+    # ------------------------------------------------------------------ control transfers
+
+    def control(self, setup: Setup, data: bytes = b"", timeout: float = 5.0) -> bytes:
+        """One control transfer. Returns the IN data (b"" for OUT).
+
+        Raises Stall, NoDevice or DeviceTimeout as the bus would report them.
+        """
+        with self.lock:
+            self._require_present()
+            if self.hung:
+                self.sleep(timeout)
+                raise DeviceTimeout("the device stopped responding")
+            self._wait_until_free(timeout)
+            self.stats.control_transfers += 1
+            if setup.length:
+                self._busy(self.timing.control_transfer)
+            if setup.kind == 0:
+                return self._standard(setup, data)
+            if setup.kind == 1:
+                return self._dfu(setup, data, timeout)
+            raise Stall("vendor request")
+
+    def _standard(self, setup: Setup, data: bytes) -> bytes:
+        request = setup.request
+        if request == StdRequest.GET_DESCRIPTOR and setup.recipient == 0:
+            return self._descriptor(setup.value >> 8, setup.value & 0xFF)[: setup.length]
+        if request == StdRequest.GET_STATUS:
+            return bytes(2)[: setup.length]
+        if request == StdRequest.SET_CONFIGURATION and setup.recipient == 0:
+            value = setup.value & 0xFF
+            if value == 0:
+                self.configuration = 0
+                self.leave("SET_CONFIGURATION(0)")  # §8.3
+            elif value != 1:
+                raise Stall("no such configuration")
+            return b""  # a SET_CONFIGURATION that changes nothing is ignored (§9 step 5)
+        if request == StdRequest.GET_CONFIGURATION and setup.recipient == 0:
+            return bytes([self.configuration])[: setup.length]
+        if setup.recipient == 1 and setup.index == 0:
+            if request == StdRequest.SET_INTERFACE:
+                self._set_interface(setup.value & 0xFF)
+                return b""
+            if request == StdRequest.GET_INTERFACE:
+                return bytes([self.alt])[: setup.length]
+        raise Stall("unsupported standard request")
+
+    def _descriptor(self, kind: int, index: int) -> bytes:
+        if kind == DescriptorType.DEVICE:
+            return DEVICE_DESCRIPTOR
+        if kind == DescriptorType.CONFIGURATION:
+            return CONFIGURATION_DESCRIPTOR  # §1.2: any index returns it
+        if kind == DescriptorType.DEVICE_QUALIFIER:
+            return DEVICE_QUALIFIER
+        if kind == DescriptorType.STRING:
+            strings = ["", "OpenMV", "OpenMV Camera (DFU Mode)", self.serial, *ALT_NAMES]
+            if index == 0:
+                return bytes([4, DescriptorType.STRING, 0x09, 0x04])  # LANGID 0x0409
+            if index < len(strings):
+                return string_descriptor(strings[index])
+        raise Stall("no such descriptor")  # §1.3: index >= 12 stalls; no BOS, no other-speed
+
+    def _set_interface(self, alt: int) -> None:
+        """§3: any alt 0-255 is stored without a range check; the DFU state resets."""
+        if alt >= len(PARTITIONS):
+            self.stats.notes.append(f"SET_INTERFACE({alt}): undefined in firmware (§12.8)")
+        self.alt = alt
+        self._reset_dfu()
+
+    def _reset_dfu(self) -> None:
+        self.state, self.status, self.pending = State.IDLE, Status.OK, False
+
+    # ------------------------------------------------------------------ DFU class requests
+
+    def _dfu(self, setup: Setup, data: bytes, timeout: float) -> bytes:
+        # §3: interface recipient and wIndex 0 only; bRequest > 6 stalls.
+        if setup.recipient != 1 or setup.index != 0 or setup.request > Request.ABORT:
+            raise Stall("not a DFU request for interface 0")
+        request = Request(setup.request)
+        if request is Request.DNLOAD:
+            return self._dnload(setup, data)
+        if request is Request.UPLOAD:
+            return self._upload(setup)
+        if request is Request.GETSTATUS:
+            return self._getstatus(setup.length, timeout)
+        if request is Request.GETSTATE:
+            return bytes([self.state])[: setup.length]
+        if request in (Request.CLRSTATUS, Request.ABORT):
+            self._reset_dfu()  # §4.2: both accepted in every state, ERROR included
+            return b""
+        # DETACH: acknowledged, then the bootloader leaves from any state (§8.3).
+        self.boot_mode = BootMode.RESET
+        self.leave("DETACH")
+        return b""
+
+    def _take_fault(self, op: str, block: int) -> Fault | None:
+        for fault in self.faults:
+            if fault.op == op and fault.alt == self.alt and fault.block == block:
+                self.faults.remove(fault)
+                return fault
+        return None
+
+    def _dnload(self, setup: Setup, data: bytes) -> bytes:
+        length = setup.length
+        if length > MAX_TRANSFER or self.state not in (State.IDLE, State.DNLOAD_IDLE):
+            raise Stall(f"DNLOAD in {self.state.name}")  # §4.2
+        fault = self._take_fault("dnload", setup.value) if length else None
+        if fault is not None:
+            self._inject(fault)
+        self.pending = True
+        if length:
+            self.xfer[:length] = data[:length]
+            self.block, self.length = setup.value, length
+            self.state = State.DNLOAD_SYNC
+        else:
+            self.state = State.MANIFEST_SYNC
+        self._armed_fault = fault
+        return b""
+
+    def _inject(self, fault: Fault) -> None:
+        """Faults that act on the request itself; STATUS and SLOW act on the flash work."""
+        if fault.kind is FaultKind.VANISH:
+            self.leave(f"unplugged (injected at alt {fault.alt} block {fault.block})")
+            raise NoDevice(self.exit_reason)
+        if fault.kind is FaultKind.STALL:
+            raise Stall("injected stall")
+        if fault.kind is FaultKind.HANG:
+            self.hung = True
+            raise DeviceTimeout("injected hang")
+
+    def _getstatus(self, length: int, timeout: float) -> bytes:
+        """§4.3: the reply is built first; the flash work runs when its status stage ends."""
+        state, work = self.state, None
+        if state is State.DNLOAD_SYNC:
+            if self.pending:
+                self.boot_mode = BootMode.ATTACHED
+                reply_state, work = State.DNBUSY, self._finish_download
+            else:
+                reply_state, self.state = State.DNLOAD_IDLE, State.DNLOAD_IDLE
+        elif state is State.MANIFEST_SYNC:
+            if self.pending:
+                self.boot_mode = BootMode.ATTACHED
+                reply_state, work = State.MANIFEST, self._finish_manifest
+            else:
+                reply_state, self.state = State.IDLE, State.IDLE
+        else:
+            reply_state = state
+        reply = DfuStatus(self.status, 0, reply_state).pack()[:length]  # bwPollTimeout is 0
+        if work is not None:
+            work()
+        return reply
+
+    def _finish(self, result: Status, ok_state: State) -> None:
+        """tud_dfu_finish_flashing (§4.3)."""
+        self.pending = False
+        if result is Status.OK:
+            self.state = ok_state
+        else:
+            self.state, self.status = State.ERROR, result
+
+    def _finish_download(self) -> None:
+        self.state = State.DNBUSY
+        fault, self._armed_fault = self._armed_fault, None
+        if fault is not None and fault.kind is FaultKind.SLOW:
+            self._busy(fault.seconds)
+        if fault is not None and fault.kind is FaultKind.STATUS:
+            result = fault.status
+        else:
+            result = self._download(self.alt, self.block, self.length)
+        self._finish(result, State.DNLOAD_SYNC)
+
+    def _finish_manifest(self) -> None:
+        self.state = State.MANIFEST
+        if self.alt == 0:
+            # §5.1 hazard (inferred): BOOT's region made execute-never under the running code.
+            self.hung = True
+            self.stats.notes.append("manifest on BOOT: MemManage fault, device hung (§5.1)")
+            return
+        if self.alt < MRAM_PARTITIONS:
+            self.mpu_rw[self.alt] = False  # re-locked read-only, execute-never
+        self._finish(Status.OK, State.MANIFEST_SYNC)
+
+    # ------------------------------------------------------------------ download (§5)
+
+    def _partition(self, alt: int) -> Partition | None:
+        if alt >= len(PARTITIONS):
+            self.hung = True  # §12.8: an out-of-bounds table read; model it as a hang
+            self.stats.notes.append(f"alt {alt} used: undefined partition, device hung")
+            return None
+        return PARTITIONS[alt]
+
+    def _download(self, alt: int, block: int, length: int) -> Status:
+        partition = self._partition(alt)
+        if partition is None:
+            return Status.OK
+        if partition.read_only:
+            return Status.errWRITE  # §5 check 1, before anything else
+        if block == 0 and alt < MRAM_PARTITIONS:
+            self.mpu_rw[alt] = True  # §5 check 2
+        offset = block * DFU_BLOCK_SIZE
+        if partition.start + offset + length > partition.limit:
+            return Status.errADDRESS  # §5 check 3
+        if partition.memory is Memory.MRAM:
+            return self._write_mram(partition, offset, length)
+        if partition.memory is Memory.NOR:
+            return self._write_nor(partition, offset, length)
+        return self._recover(length)
+
+    def _write_mram(self, partition: Partition, offset: int, length: int) -> Status:
+        if not self.mpu_rw[partition.alt]:
+            # §5 (inferred): a store into a read-only MPU region faults the CPU.
+            self.hung = True
+            self.stats.notes.append(
+                f"write to locked MRAM alt {partition.alt}: MemManage fault, device hung (§5)"
+            )
+            return Status.OK
+        rounded = -(-length // MRAM_WRITE_UNIT) * MRAM_WRITE_UNIT  # §5.1: stale tail bytes
+        self.memory.write(partition, offset, memoryview(self.xfer)[:rounded])
+        self.stats.blocks_written += 1
+        self._busy(self.timing.mram_write_16 * (rounded // MRAM_WRITE_UNIT))
+        return Status.OK
+
+    def _write_nor(self, partition: Partition, offset: int, length: int) -> Status:
+        # §5.2: erase the whole 4 KiB sector, then program n bytes: the rest reads 0xFF.
+        sector = bytes(self.xfer[:length]) + bytes([NOR_ERASED]) * (DFU_BLOCK_SIZE - length)
+        self.memory.write(partition, offset, sector)
+        self.stats.blocks_written += 1
+        pages = -(-length // NOR_PAGE)
+        self._busy(self.timing.nor_sector_erase + pages * self.timing.nor_page_program)
+        return Status.OK
+
+    def _recover(self, length: int) -> Status:
+        """§7: the 16-byte key at block 0 re-initialises the external chip, once."""
+        if length < len(RECOVERY_KEY) or self.recovered:
+            return Status.errWRITE
+        if bytes(self.xfer[: len(RECOVERY_KEY)]) != RECOVERY_KEY:
+            return Status.errWRITE
+        for partition in PARTITIONS:
+            if partition.memory is Memory.NOR:
+                self.memory.erase(partition)
+        self.recovered = True
+        self.stats.recoveries += 1
+        self._busy(self.timing.recovery)
+        return Status.OK
+
+    # ------------------------------------------------------------------ upload (§6)
+
+    def _upload(self, setup: Setup) -> bytes:
+        length = setup.length
+        if length > MAX_TRANSFER:
+            raise Stall("UPLOAD longer than wTransferSize")
+        self.boot_mode = BootMode.ATTACHED  # §8.2: any UPLOAD latches the session
+        if self.state in (State.DNLOAD_SYNC, State.MANIFEST_SYNC):
+            self.pending = False  # §4.2 pitfall: the pending block is never written
+        partition = self._partition(self.alt)
+        if partition is None:
+            return b""
+        offset = setup.value * DFU_BLOCK_SIZE
+        if partition.start + offset + length > partition.limit:
+            self.xfer[:4] = bytes(4)  # §6: the end-of-upload marker
+            return bytes(min(4, length))
+        fault = self._take_fault("upload", setup.value)
+        if fault is not None:
+            self._inject(fault)
+        if partition.memory is Memory.RECOVERY or (
+            fault is not None and fault.kind is FaultKind.STATUS
+        ):
+            self.state, self.status = State.ERROR, Status.errFILE  # §6: flash_read failed
+            return b""
+        data = self.memory.read(partition, offset, length)
+        self.xfer[:length] = data
+        self.stats.blocks_read += 1
+        if partition.memory is Memory.NOR:
+            self._busy(self.timing.nor_read_block * length / DFU_BLOCK_SIZE)
+        return data
+
+
+def partition_image(memory_dir: Path, role: Role) -> Path:
+    """Where a virtual camera kept in `memory_dir` stores the partition for `role`."""
+    return memory_dir / partition_file_name(partition_for_role(role))
