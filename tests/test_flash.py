@@ -145,6 +145,13 @@ def test_no_camera_is_a_clear_error(cli, bundle: Path, tmp_path: Path) -> None:
     assert "Plug the camera in" in result.err
 
 
+def test_bad_virtual_options_are_usage_errors(cli, bundle: Path, tmp_path: Path) -> None:
+    result = cli("flash", bundle, "--virtual", tmp_path / "cam", "--fault", "boom")
+    assert result.code == 2 and "fault 'boom'" in result.err
+    result = cli("flash", bundle, "--virtual", tmp_path / "cam", "--virtual-timing", "warp")
+    assert result.code == 2 and "timing 'warp'" in result.err
+
+
 def test_realistic_listen_window_is_latched_in_time(cli, bundle: Path, tmp_path: Path) -> None:
     result = cli("flash", bundle, "--virtual", tmp_path / "cam", "--virtual-timing", "realistic")
     assert result.code == 0, result.err

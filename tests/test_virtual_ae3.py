@@ -667,6 +667,16 @@ def test_each_fault_kind() -> None:
     assert upload(dev, 0) == b"" and dev.status is Status.errFILE
 
 
+def test_timing_presets_and_overrides() -> None:
+    assert Timing.parse("zero") == Timing()
+    realistic = Timing.parse("realistic:nor_sector_erase=0.045:listen_window=none")
+    assert realistic.nor_sector_erase == 0.045 and realistic.listen_window is None
+    assert realistic.mram_write_16 == Timing.realistic().mram_write_16
+    for bad in ("fast", "zero:warp=1", "zero:recovery=soon", "zero:recovery=none"):
+        with pytest.raises(ValueError, match="timing"):
+            Timing.parse(bad)
+
+
 def test_plug_delay() -> None:
     clock = Clock()
     dev = device(clock=clock, plug_delay=0.5)

@@ -67,7 +67,8 @@ TimingOption = typer.Option(
     "realistic",
     "--virtual-timing",
     envvar="AE3TOOLS_VIRTUAL_TIMING",
-    help="Virtual AE3 costs: 'realistic' (1.5 s listen window, flash times) or 'zero'.",
+    help="Virtual AE3 costs: 'realistic' (1.5 s listen window, flash times) or 'zero', "
+    "optionally with overrides: realistic:nor_sector_erase=0.045:listen_window=none.",
 )
 FaultOption = typer.Option(
     [],
@@ -119,7 +120,7 @@ class Target:
         if self.virtual is None:
             return libusb_backend()
         try:
-            timing = Timing.named(self.timing)
+            timing = Timing.parse(self.timing)
             faults = Fault.parse_many(self.faults)
         except ValueError as exc:
             raise UsageError(str(exc)) from None

@@ -133,11 +133,31 @@ class Timing:
         )
 
     @classmethod
-    def named(cls, name: str) -> Timing:
+    def parse(cls, text: str) -> Timing:
+        """PRESET[:field=seconds...], e.g. "realistic:nor_sector_erase=0.045:listen_window=none".
+
+        PRESET is zero or realistic; each field of this class may be overridden.
+        """
+        name, *overrides = text.split(":")
         presets = {"zero": cls.zero, "realistic": cls.realistic}
         if name not in presets:
-            raise ValueError(f"timing {name!r}: expected one of {', '.join(presets)}")
-        return presets[name]()
+            raise ValueError(f"timing {text!r}: expected zero or realistic, then :field=seconds")
+        timing = presets[name]()
+        fields = set(cls.__dataclass_fields__)
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if key not in fields:
+                raise ValueError(
+                    f"timing {text!r}: unknown field {key!r} (one of {', '.join(sorted(fields))})"
+                )
+            try:
+                number = None if value == "none" else float(value)
+            except ValueError:
+                raise ValueError(f"timing {text!r}: {key}={value} is not a number") from None
+            if number is None and key != "listen_window":
+                raise ValueError(f"timing {text!r}: only listen_window may be none")
+            timing = replace(timing, **{key: number})  # type: ignore[arg-type]
+        return timing
 
 
 # ----------------------------------------------------------------------------- faults
