@@ -27,8 +27,11 @@ def firmware(role: Role, size: int) -> bytes:
     return vectors + _filler(role.value.encode(), size - len(vectors))
 
 
-def make_full_size_set(directory: Path) -> dict[Role, Path]:
-    """Write the four images with OpenMV's file names; returns role -> path."""
+def make_full_size_set(directory: Path, romfs0_size: int | None = None) -> dict[Role, Path]:
+    """Write the four images with OpenMV's file names; returns role -> path.
+
+    `romfs0_size` shrinks ROMFS0 (the one image that takes minutes on NOR) for quick runs.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for role in (Role.HP, Role.HE):
@@ -40,7 +43,8 @@ def make_full_size_set(directory: Path) -> dict[Role, Path]:
         partition = partition_for_role(role)
         tree = directory / f"{role.value}-tree"
         tree.mkdir(exist_ok=True)
-        (tree / "model.tflite").write_bytes(_filler(b"model", partition.size - _HEADROOM))
+        size = romfs0_size if role is Role.ROMFS0 and romfs0_size else partition.size
+        (tree / "model.tflite").write_bytes(_filler(b"model", size - _HEADROOM))
         path = directory / str(partition.image_name)
         path.write_bytes(build_romfs(tree, partition=partition))
         paths[role] = path

@@ -104,12 +104,14 @@ class Timing:
     `zero()` is for tests. `realistic()` is a stated assumption, not a measurement:
     MRAM stores at about 8 MB/s, a NOR 4 KiB sector erase of 20 ms, 128-byte page
     programs of 0.3 ms, a 4 KiB NOR read of 0.7 ms (single-lane SPI at 50 MHz, §11),
-    0.25 ms of bus time per control transfer with data, 2 s for the recovery sequence,
-    and the 1.5 s listen window of §8.1.
+    bus time of one 125 us microframe per control transfer (SETUP and status stages)
+    plus 8 MB/s for the data stage (64-byte EP0 packets, §10), 2 s for the recovery
+    sequence, and the 1.5 s listen window of §8.1.
     """
 
     listen_window: float | None = None  # None: no timeout, like forced entry (§8.1)
-    control_transfer: float = 0.0
+    control_transfer: float = 0.0  # per control transfer
+    control_byte: float = 0.0  # per byte of a data stage
     mram_write_16: float = 0.0
     nor_sector_erase: float = 0.0
     nor_page_program: float = 0.0
@@ -124,7 +126,8 @@ class Timing:
     def realistic(cls) -> Timing:
         return cls(
             listen_window=1.5,
-            control_transfer=0.00025,
+            control_transfer=0.000125,
+            control_byte=0.000000125,
             mram_write_16=0.000002,
             nor_sector_erase=0.020,
             nor_page_program=0.0003,
@@ -158,6 +161,20 @@ class Timing:
                 raise ValueError(f"timing {text!r}: only listen_window may be none")
             timing = replace(timing, **{key: number})  # type: ignore[arg-type]
         return timing
+
+
+def precise_sleep(seconds: float) -> None:
+    """Sleep, then spin the last fraction of a millisecond: the OS wakes a sleeper late
+    (tens to hundreds of microseconds), which over thousands of short device waits would
+    count as host overhead in a benchmark."""
+    deadline = time.perf_counter() + seconds
+    if seconds > _SPIN:
+        time.sleep(seconds - _SPIN)
+    while time.perf_counter() < deadline:
+        pass
+
+
+_SPIN = 0.0005
 
 
 # ----------------------------------------------------------------------------- faults
@@ -371,7 +388,7 @@ class VirtualAE3:
         forced: bool = False,
         plug_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = precise_sleep,
     ) -> None:
         self.memory = memory or DeviceMemory()
         self.timing = timing or Timing.zero()
@@ -472,8 +489,7 @@ class VirtualAE3:
                 raise DeviceTimeout("the device stopped responding")
             self._wait_until_free(timeout)
             self.stats.control_transfers += 1
-            if setup.length:
-                self._busy(self.timing.control_transfer)
+            self._busy(self.timing.control_transfer + setup.length * self.timing.control_byte)
             if setup.kind == 0:
                 return self._standard(setup, data)
             if setup.kind == 1:

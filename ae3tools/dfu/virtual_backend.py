@@ -32,6 +32,7 @@ from ae3tools.dfu.virtual import (
 
 # libusb's codes, as pyusb's libusb1 backend reports them (libusb.h).
 LIBUSB_ERROR_NO_DEVICE = -4
+LIBUSB_ERROR_NOT_FOUND = -5
 LIBUSB_ERROR_TIMEOUT = -7
 LIBUSB_ERROR_PIPE = -9
 HIGH_SPEED = 3  # usb.util.SPEED_HIGH
@@ -194,7 +195,10 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         return length
 
     def reset_device(self, dev_handle: VirtualAE3) -> None:
+        """§8.3: the bootloader leaves on a bus reset and is gone before re-enumeration,
+        so the reset fails as libusb reports it then: NOT_FOUND."""
         self._call(dev_handle, dev_handle.bus_reset)
+        raise usb.core.USBError("Entity not found", LIBUSB_ERROR_NOT_FOUND, errno.ENOENT)
 
     def is_kernel_driver_active(self, dev_handle: VirtualAE3, intf: int) -> bool:
         return False

@@ -1,0 +1,382 @@
+"""Expose the virtual AE3 to unmodified libusb programs (dfu-util, libusb1) via umockdev.
+
+A umockdev Testbed holds the device's sysfs entry; an ioctl handler answers the usbdevfs
+ioctls that libusb issues on /dev/bus/usb/001/002 by feeding the same `VirtualAE3` the
+in-process pyusb backend uses: one model of the device, two ways in. Facts this rests
+on are in umockdev-usb.md (probed on Debian bookworm, umockdev 0.17, libusb 1.0.26).
+
+Run with Debian's python3 (it has the GObject bindings), through
+scripts/with-virtual-ae3:
+
+    python3 -m ae3tools.dfu.umockdev_bridge --memory DIR -- dfu-util -l
+
+This process and the command both run under libumockdev-preload; the command's exit
+status is this program's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import gc
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gi  # type: ignore[import-not-found]
+
+gi.require_version("UMockdev", "1.0")
+from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E402
+
+from ae3tools.board import BOOTLOADER_PID, USB_VID  # noqa: E402
+from ae3tools.dfu.virtual import (  # noqa: E402
+    CONFIGURATION_DESCRIPTOR,
+    DEVICE_DESCRIPTOR,
+    DeviceMemory,
+    DeviceTimeout,
+    Fault,
+    NoDevice,
+    Setup,
+    Stall,
+    Timing,
+    VirtualAE3,
+)
+
+PRELOAD = "libumockdev-preload.so.0"
+BUS, DEVNUM = 1, 2
+SYSPATH = "/sys/devices/usb1/1-1"
+NODE = f"/dev/bus/usb/{BUS:03d}/{DEVNUM:03d}"
+LISTEN_WINDOW = 1.5  # spec §8.1, OMV_BOOT_DFU_TIMEOUT
+# How long the host takes to notice the bootloader has left the bus (the kernel's hub
+# event, then udev's uevent to libusb). A client that resets right after DETACH, as
+# dfu-util -R does, reaches the kernel first and sees ENODEV, as on real hardware; an
+# instant unplug would make libusb refuse the reset with NO_DEVICE instead.
+UNPLUG_NOTICE_DELAY = 0.2
+
+# usbdevfs ioctl numbers on x86-64 (linux/usbdevice_fs.h), as libusb 1.0.26 sends them.
+SETINTERFACE = 0x80085504
+SETCONFIGURATION = 0x80045505
+GETDRIVER = 0x41045508
+SUBMITURB = 0x8038550A
+DISCARDURB = 0x0000550B
+REAPURB = 0x4008550C
+REAPURBNDELAY = 0x4008550D
+CLAIMINTERFACE = 0x8004550F
+RELEASEINTERFACE = 0x80045510
+RESET = 0x00005514
+GET_CAPABILITIES = 0x8004551A
+DISCONNECT_CLAIM = 0x8108551B
+
+USBDEVFS_URB_TYPE_CONTROL = 2
+URB_SIZE = 56  # struct usbdevfs_urb on x86-64
+URB_STATUS, URB_BUFFER, URB_BUFFER_LENGTH, URB_ACTUAL_LENGTH = 4, 16, 24, 28
+SETUP_SIZE = 8
+CAPABILITIES = 0x01 | 0x04  # ZERO_PACKET, NO_PACKET_SIZE_LIM
+URB_CANCELLED = -errno.ENOENT
+# The device's flash work (§11) is served inside the ioctl: the client's transfer simply
+# takes that long, as on the bus. A hung device is handled apart (its URB is held).
+BUSY_LIMIT = 600.0
+
+
+def device_record() -> str:
+    """The umockdev record that makes both the sysfs entry and the device node."""
+    descriptors = (DEVICE_DESCRIPTOR + CONFIGURATION_DESCRIPTOR).hex().upper()
+    return "\n".join(
+        [
+            f"P: {SYSPATH.removeprefix('/sys')}",
+            f"N: bus/usb/{BUS:03d}/{DEVNUM:03d}",
+            f"E: DEVNAME={NODE}",
+            "E: DEVTYPE=usb_device",
+            "E: SUBSYSTEM=usb",
+            f"E: BUSNUM={BUS:03d}",
+            f"E: DEVNUM={DEVNUM:03d}",
+            f"A: busnum={BUS}",
+            f"A: devnum={DEVNUM}",
+            f"A: idVendor={USB_VID:04x}",
+            f"A: idProduct={BOOTLOADER_PID:04x}",
+            "A: speed=480",
+            "A: bConfigurationValue=1",
+            f"H: descriptors={descriptors}",
+            "",
+        ]
+    )
+
+
+Outcome = tuple[int, int]  # what an ioctl returns to the client: (result, errno)
+OK: Outcome = (0, 0)
+
+
+def failed(code: int) -> Outcome:
+    return (-1, code)
+
+
+class UsbfsBridge:
+    """Answers usbdevfs ioctls from the device model. One instance per device node.
+
+    `handle` returns the ioctl's outcome; the caller completes the ioctl with it, so
+    every ioctl is completed exactly once (a client whose ioctl is never completed hangs).
+    IoctlData.retrieve() gives a block's bytes; its `data` field comes through GObject
+    introspection as a single byte, so it is never used here.
+    """
+
+    def __init__(self, device: VirtualAE3, trace: bool = False) -> None:
+        self.device = device
+        self.trace = trace
+        self.finished: collections.deque[Any] = collections.deque()  # URBs ready to reap
+        self.held: dict[int, Any] = {}  # URBs the device never answers (hung), by address
+        self.lock = threading.Lock()
+
+    def handle(self, request: int, arg: Any) -> Outcome:
+        with self.lock:
+            if request in (REAPURBNDELAY, REAPURB):
+                return self._reap(arg)
+            if request == DISCARDURB:
+                return self._discard(arg)
+            if request == GET_CAPABILITIES:
+                arg.resolve(0, 4).update(0, struct.pack("<I", CAPABILITIES))
+                return OK
+            if request == GETDRIVER:
+                return failed(errno.ENODATA)  # no kernel driver bound
+            if not self.device.present:
+                return failed(errno.ENODEV)
+            if request in (CLAIMINTERFACE, RELEASEINTERFACE, DISCONNECT_CLAIM):
+                return OK
+            if request == SETINTERFACE:
+                interface, alt = struct.unpack("<II", bytes(arg.resolve(0, 8).retrieve()))
+                self._trace(f"SET_INTERFACE {interface} alt {alt}")
+                return self._control(Setup(0x01, 11, alt, interface, 0))
+            if request == SETCONFIGURATION:
+                (value,) = struct.unpack("<I", bytes(arg.resolve(0, 4).retrieve()))
+                return self._control(Setup(0x00, 9, value, 0, 0))
+            if request == RESET:
+                # §8.3: a bus reset ends the session and the bootloader drops off the bus
+                # before the kernel re-enumerates it, so the reset itself fails ENODEV
+                # (libusb reports NOT_FOUND, which dfu-util -R accepts).
+                self._trace("USB reset")
+                self.device.bus_reset()
+                return failed(errno.ENODEV)
+            if request == SUBMITURB:
+                return self._submit(arg)
+        return failed(errno.ENOTTY)
+
+    def _trace(self, text: str) -> None:
+        if self.trace:
+            print(f"virtual-ae3: {text}", file=sys.stderr, flush=True)
+
+    def _control(self, setup: Setup) -> Outcome:
+        if self.device.hung:
+            return failed(errno.ETIMEDOUT)
+        try:
+            self.device.control(setup, b"", timeout=BUSY_LIMIT)
+        except Stall:
+            return failed(errno.EPIPE)
+        except (NoDevice, DeviceTimeout):
+            return failed(errno.ENODEV)
+        return OK
+
+    def _submit(self, arg: Any) -> Outcome:
+        urb = arg.resolve(0, URB_SIZE)
+        raw = bytes(urb.retrieve())
+        if raw[0] != USBDEVFS_URB_TYPE_CONTROL:
+            return failed(errno.EINVAL)  # the AE3 has no other endpoints
+        (length,) = struct.unpack_from("<i", raw, URB_BUFFER_LENGTH)
+        buffer = urb.resolve(URB_BUFFER, length)
+        packet = bytes(buffer.retrieve())
+        request_type, request, value, index, w_length = struct.unpack_from("<BBHHH", packet)
+        setup = Setup(request_type, request, value, index, w_length)
+        payload = b"" if setup.is_in else packet[SETUP_SIZE : SETUP_SIZE + w_length]
+        self._trace(
+            f"SETUP {request_type:02x} {request:02x} value={value} index={index} "
+            f"length={w_length} state={self.device.state.name} alt={self.device.alt}"
+        )
+        if self.device.hung:
+            self.held[urb.client_addr] = urb  # never answered: libusb times out, discards
+            return OK
+        try:
+            reply = self.device.control(setup, payload, timeout=BUSY_LIMIT)
+            status, actual = 0, len(reply) if setup.is_in else w_length
+            if reply:
+                buffer.update(SETUP_SIZE, reply)
+        except Stall:
+            status, actual = -errno.EPIPE, 0
+        except NoDevice:
+            status, actual = -errno.ENODEV, 0
+        except DeviceTimeout:
+            self.held[urb.client_addr] = urb
+            return OK
+        urb.update(URB_STATUS, struct.pack("<i", status))
+        urb.update(URB_ACTUAL_LENGTH, struct.pack("<i", actual))
+        self.finished.append(urb)
+        return OK
+
+    def _reap(self, arg: Any) -> Outcome:
+        if not self.finished:
+            return failed(errno.EAGAIN if self.device.present else errno.ENODEV)
+        urb = self.finished.popleft()
+        arg.resolve(0, 8).update(0, struct.pack("<Q", urb.client_addr))
+        return OK
+
+    def _discard(self, arg: Any) -> Outcome:
+        (address,) = struct.unpack("<Q", bytes(arg.retrieve()[:8]))
+        urb = self.held.pop(address, None)
+        if urb is None:
+            return failed(errno.EINVAL)  # already completed: nothing to cancel
+        urb.update(URB_STATUS, struct.pack("<i", URB_CANCELLED))
+        urb.update(URB_ACTUAL_LENGTH, struct.pack("<i", 0))
+        self.finished.append(urb)
+        return OK
+
+
+class _Handler(UMockdev.IoctlBase):  # type: ignore[misc]
+    """Every ioctl must be completed exactly once, or the client hangs."""
+
+    def __init__(self, bridge: UsbfsBridge) -> None:
+        super().__init__()
+        self.bridge = bridge
+
+    def do_handle_ioctl(self, client: Any) -> bool:
+        try:
+            outcome = self.bridge.handle(client.get_request() & 0xFFFFFFFF, client.get_arg())
+        except Exception:  # a bug in the bridge must not hang the client
+            traceback.print_exc(file=sys.stderr)
+            outcome = failed(errno.EINVAL)
+        client.complete(*outcome)
+        return True
+
+
+def _watch_departure(device: VirtualAE3, testbed: Any, stop: threading.Event) -> None:
+    """When the bootloader leaves (DETACH, reset, listen window), unplug the node."""
+    while not stop.wait(0.01):
+        if not device.present:
+            if stop.wait(UNPLUG_NOTICE_DELAY):
+                return
+            testbed.uevent(SYSPATH, "remove")
+            testbed.remove_device(SYSPATH)
+            return
+
+
+def run(
+    command: list[str], device: VirtualAE3, *, trace: bool = False, report: Path | None = None
+) -> int:
+    testbed = UMockdev.Testbed.new()
+    testbed.add_from_string(device_record())
+    # umockdev writes A: attributes without the trailing newline libusb expects.
+    for attribute, value in (
+        ("busnum", BUS),
+        ("devnum", DEVNUM),
+        ("speed", 480),
+        ("bConfigurationValue", 1),
+    ):
+        testbed.set_attribute(SYSPATH, attribute, f"{value}\n")
+    handler = _Handler(UsbfsBridge(device, trace))
+    testbed.attach_ioctl(NODE, handler)
+    root = testbed.get_root_dir()
+    env = dict(
+        os.environ, LD_PRELOAD=_with_preload(os.environ.get("LD_PRELOAD", "")), UMOCKDEV_DIR=root
+    )
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_departure, args=(device, testbed, stop), daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    try:
+        status = subprocess.run(command, env=env, check=False).returncode
+        if report is not None:
+            stats = device.stats
+            report.write_text(
+                json.dumps(
+                    {
+                        "command": command,
+                        "exit_status": status,
+                        "seconds": time.perf_counter() - started,
+                        "device_seconds": stats.device_time,
+                        "control_transfers": stats.control_transfers,
+                        "blocks_written": stats.blocks_written,
+                        "blocks_read": stats.blocks_read,
+                        "exit_reason": device.exit_reason,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        return status
+    except FileNotFoundError:
+        print(f"with-virtual-ae3: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    finally:
+        stop.set()
+        watcher.join()
+        device.memory.close()
+        if device.present:
+            testbed.detach_ioctl(NODE)
+        del handler, testbed
+        gc.collect()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _with_preload(current: str) -> str:
+    parts = [p for p in current.split(":") if p]
+    return ":".join(parts if PRELOAD in parts else [PRELOAD, *parts])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="with-virtual-ae3",
+        description="Run a program against a virtual AE3 bootloader through real libusb.",
+        epilog="Example: scripts/with-virtual-ae3 --memory cam -- dfu-util -l",
+    )
+    parser.add_argument(
+        "--memory",
+        type=Path,
+        required=True,
+        help="directory holding the camera's memory (as ae3tools --virtual)",
+    )
+    parser.add_argument(
+        "--listen-window",
+        action="store_true",
+        help="behave as a freshly plugged camera: leave after 1.5 s without "
+        "DFU activity (default: sent to the bootloader by the application)",
+    )
+    parser.add_argument(
+        "--timing", default="zero", help="device costs: zero (default) or realistic, with overrides"
+    )
+    parser.add_argument("--fault", action="append", default=[], help="inject a fault")
+    parser.add_argument("--trace", action="store_true", help="print every request to stderr")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="write JSON: the command's seconds and exit status, the model's "
+        "device seconds and transfer counts",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+    try:
+        timing = Timing.parse(args.timing)
+        faults = Fault.parse_many(args.fault)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.listen_window and timing.listen_window is None:
+        timing = Timing(**{**vars(timing), "listen_window": LISTEN_WINDOW})
+    if PRELOAD not in os.environ.get("LD_PRELOAD", ""):
+        # Testbed.uevent (the unplug) works only with this process under the preload too.
+        env = dict(os.environ, LD_PRELOAD=_with_preload(os.environ.get("LD_PRELOAD", "")))
+        os.execve(
+            sys.executable, [sys.executable, "-m", __spec__.name, *(argv or sys.argv[1:])], env
+        )
+    device = VirtualAE3(DeviceMemory(args.memory), timing, faults, forced=not args.listen_window)
+    return run(command, device, trace=args.trace, report=args.report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
