@@ -284,34 +284,28 @@ def _read_record(walk: _Walk, frame: _Frame, context: str) -> tuple[int, int, in
     a finding and abandoning the rest of the region) when it does not fit its parent.
     """
     offset = frame.pos
+
+    def abandon(code: str, message: str) -> None:
+        walk.findings.append(error(code, message, _where(frame.path, offset)))
+        frame.pos = frame.end  # nothing after a broken record can be located
+
     try:
         kind, pos, kind_pads = read_vint(walk.buf, offset, frame.end)
         length, pos, length_pads = read_vint(walk.buf, pos, frame.end)
     except _Overrun:
-        walk.findings.append(
-            error(
-                "ROMFS_RECORD_OVERRUN",
-                f"record header runs past the end of its {context} at 0x{frame.end:x}",
-                _where(frame.path, offset),
-            )
+        abandon(
+            "ROMFS_RECORD_OVERRUN",
+            f"record header runs past the end of its {context} at 0x{frame.end:x}",
         )
-        frame.pos = frame.end
         return None
     if kind >= VINT_LIMIT or length >= VINT_LIMIT:
-        walk.findings.append(
-            error("ROMFS_VINT_TOO_LARGE", "a vint does not fit 32 bits", _where(frame.path, offset))
-        )
-        frame.pos = frame.end
+        abandon("ROMFS_VINT_TOO_LARGE", "a vint does not fit 32 bits")
         return None
     if pos + length > frame.end:
-        walk.findings.append(
-            error(
-                "ROMFS_RECORD_OVERRUN",
-                f"record of {length} bytes runs past the end of its {context} at 0x{frame.end:x}",
-                _where(frame.path, offset),
-            )
+        abandon(
+            "ROMFS_RECORD_OVERRUN",
+            f"record of {length} bytes runs past the end of its {context} at 0x{frame.end:x}",
         )
-        frame.pos = frame.end
         return None
     if kind_pads or length_pads:
         walk.padded_records += 1

@@ -91,8 +91,8 @@ def test_objcopy_hex_equals_the_binary() -> None:
     assert romfs1.data == (GOOD / "romfs1.img").read_bytes()
 
 
-def test_hex_outside_one_partition_is_refused(tmp_path: Path) -> None:
-    straddle = tmp_path / "x.hex"
+def objcopy_hex(source: Path, address: int, output: Path) -> bytes:
+    """Intel HEX of `source` placed at `address`, written by binutils (a peer tool)."""
     subprocess.run(
         [
             "objcopy",
@@ -101,34 +101,25 @@ def test_hex_outside_one_partition_is_refused(tmp_path: Path) -> None:
             "-O",
             "ihex",
             "--change-addresses",
-            "0x8031ff00",
-            str(GOOD / "firmware_M55_HE.bin"),
-            str(straddle),
+            hex(address),
+            str(source),
+            str(output),
         ],
         check=True,
     )
+    return output.read_bytes()
+
+
+def test_hex_outside_one_partition_is_refused(tmp_path: Path) -> None:
+    straddle = objcopy_hex(GOOD / "firmware_M55_HE.bin", 0x8031FF00, tmp_path / "x.hex")
     with pytest.raises(Ae3Error, match="not inside one AE3 partition"):
-        parse_hex(straddle.read_bytes())
+        parse_hex(straddle)
 
 
 def test_hex_gap_is_zero_filled_from_the_partition_base(tmp_path: Path) -> None:
     # objcopy places the image 256 bytes into HP: the bytes before it are zeros.
-    shifted = tmp_path / "shifted.hex"
-    subprocess.run(
-        [
-            "objcopy",
-            "-I",
-            "binary",
-            "-O",
-            "ihex",
-            "--change-addresses",
-            "0x80020100",
-            str(GOOD / "firmware_M55_HP.bin"),
-            str(shifted),
-        ],
-        check=True,
-    )
-    assert parse_hex(shifted.read_bytes()).data == bytes(256) + HP
+    shifted = objcopy_hex(GOOD / "firmware_M55_HP.bin", 0x80020100, tmp_path / "shifted.hex")
+    assert parse_hex(shifted).data == bytes(256) + HP
 
 
 def test_dfu_suffix_from_dfu_util() -> None:

@@ -604,22 +604,24 @@ class VirtualAE3:
             raise DeviceTimeout("injected hang")
 
     def _getstatus(self, length: int, timeout: float) -> bytes:
-        """§4.3: the reply is built first; the flash work runs when its status stage ends."""
-        state, work = self.state, None
-        if state is State.DNLOAD_SYNC:
-            if self.pending:
-                self.boot_mode = BootMode.ATTACHED
-                reply_state, work = State.DNBUSY, self._finish_download
-            else:
-                reply_state, self.state = State.DNLOAD_IDLE, State.DNLOAD_IDLE
-        elif state is State.MANIFEST_SYNC:
-            if self.pending:
-                self.boot_mode = BootMode.ATTACHED
-                reply_state, work = State.MANIFEST, self._finish_manifest
-            else:
-                reply_state, self.state = State.IDLE, State.IDLE
+        """§4.3: the reply is built first; the flash work runs when its status stage ends.
+
+        In a SYNC state with an operation pending, the reply says DNBUSY or MANIFEST and
+        the work follows (latching the session, §8.2); with none pending, the reply and
+        the new state are DNLOAD_IDLE or IDLE.
+        """
+        handshake = {
+            State.DNLOAD_SYNC: (State.DNBUSY, self._finish_download, State.DNLOAD_IDLE),
+            State.MANIFEST_SYNC: (State.MANIFEST, self._finish_manifest, State.IDLE),
+        }.get(self.state)
+        work = None
+        if handshake is None:
+            reply_state = self.state
+        elif self.pending:
+            self.boot_mode = BootMode.ATTACHED
+            reply_state, work, _ = handshake
         else:
-            reply_state = state
+            reply_state = self.state = handshake[2]
         reply = DfuStatus(self.status, 0, reply_state).pack()[:length]  # bwPollTimeout is 0
         if work is not None:
             work()
