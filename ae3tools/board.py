@@ -105,16 +105,15 @@ PARTITIONS: tuple[Partition, ...] = (
 
 ALT_NAMES: tuple[str, ...] = tuple(p.name for p in PARTITIONS)
 
+# The bootloader's own partition: read-only, and where it executes from (spec §2, §5.1).
+BOOT = PARTITIONS[0]
+
 # spec §9: the natural order of a full flash; the bootloader jumps to HP after the last.
 FLASH_ORDER: tuple[Role, ...] = (Role.HP, Role.HE, Role.ROMFS1, Role.ROMFS0)
 
 # The cores' firmware roles; their images start with a Cortex-M vector table.
 FIRMWARE_ROLES: tuple[Role, ...] = (Role.HP, Role.HE)
 ROMFS_ROLES: tuple[Role, ...] = (Role.ROMFS0, Role.ROMFS1)
-
-
-def partition_by_alt(alt: int) -> Partition:
-    return PARTITIONS[alt]
 
 
 def partition_by_name(name: str) -> Partition:

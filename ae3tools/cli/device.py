@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ae3tools.board import BOOTLOADER_PID, USB_VID, Role
+from ae3tools.board import BOOTLOADER_PID, USB_VID, Role, partition_for_role
 from ae3tools.bundle import read_bundle
 from ae3tools.cli.common import JsonOption, app, emit_json, err, out
 from ae3tools.dfu.flash import (
@@ -412,7 +412,14 @@ def recover_command(
         raise UsageError(
             "recover blanks the external flash (the filesystem and ROMFS0): run it again with --yes"
         )
-    key_bytes = load_recovery_key(read_input(key, limit=4096), str(key)) if key else make_key_file()
+    key_limit = partition_for_role(Role.KEY).size
+    key_bytes = (
+        load_recovery_key(read_input(key, limit=key_limit), str(key)) if key else make_key_file()
+    )
+        load_recovery_key(read_input(key, limit=partition_for_role(Role.KEY).size), str(key))
+        if key
+        else make_key_file()
+    )
     romfs0 = []
     if bundle is not None:
         romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ae3tools.board import Role
+from ae3tools.board import Role, partition_for_role
 from ae3tools.bundle import (
     BundleReport,
     ReleaseInfo,
@@ -94,12 +94,21 @@ def show_bundle(path: Path, as_json: bool) -> BundleReport:
     return report
 
 
+def _alt(role: Role) -> str:
+    partition = partition_for_role(role)
+    return f"alt {partition.alt}, {partition.name}"
+
+
 @app.command()
 def bundle(
-    hp: Path | None = typer.Option(None, "--hp", help="HP core firmware (alt 1)."),
-    he: Path | None = typer.Option(None, "--he", help="HE core firmware (alt 2)."),
-    romfs1: Path | None = typer.Option(None, "--romfs1", help="HE core ROMFS image (alt 3)."),
-    romfs0: Path | None = typer.Option(None, "--romfs0", help="HP core ROMFS image (alt 6)."),
+    hp: Path | None = typer.Option(None, "--hp", help=f"HP core firmware ({_alt(Role.HP)})."),
+    he: Path | None = typer.Option(None, "--he", help=f"HE core firmware ({_alt(Role.HE)})."),
+    romfs1: Path | None = typer.Option(
+        None, "--romfs1", help=f"HE core ROMFS image ({_alt(Role.ROMFS1)})."
+    ),
+    romfs0: Path | None = typer.Option(
+        None, "--romfs0", help=f"HP core ROMFS image ({_alt(Role.ROMFS0)})."
+    ),
     from_dir: Path | None = typer.Option(
         None, "--from", help="Build directory with OpenMV's usual file names."
     ),

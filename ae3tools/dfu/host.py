@@ -21,6 +21,7 @@ import usb.util
 from ae3tools.board import (
     ALT_NAMES,
     APPLICATION_PID,
+    BOOT,
     BOOT_HEADER_OFFSET,
     BOOT_HEADER_SIZE,
     BOOT_MAGIC,
@@ -28,7 +29,6 @@ from ae3tools.board import (
     DFU_BLOCK_SIZE,
     USB_VID,
     Partition,
-    partition_by_alt,
 )
 from ae3tools.dfu.protocol import (
     REQUEST_IN,
@@ -324,8 +324,7 @@ class DfuSession:
 
     def read_version(self) -> str | None:
         """UPLOAD alt 0 block 1: the boot header (§10), which also latches the session."""
-        boot = partition_by_alt(0)
-        self.set_alt(boot.alt)
+        self.set_alt(BOOT.alt)
         header = self._in(
             Request.UPLOAD,
             BOOT_HEADER_OFFSET // DFU_BLOCK_SIZE,

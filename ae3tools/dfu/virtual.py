@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ae3tools.board import (
     ALT_NAMES,
+    BOOT,
     BOOT_HEADER_OFFSET,
     BOOT_MAGIC,
     BOOTLOADER_PID,
@@ -48,7 +49,6 @@ MAX_TRANSFER = DFU_BLOCK_SIZE  # §1.2 wTransferSize
 NOR_PAGE = 128  # §5.2: page-program commands of 128 bytes
 NOR_ERASED = 0xFF  # §5.2 (inferred erase value)
 MRAM_FRESH = 0x00
-MRAM_PARTITIONS = 5  # §4.1: mpu_rw exists for alts 0-4
 
 
 # ----------------------------------------------------------------------------- descriptors
@@ -415,7 +415,8 @@ class VirtualAE3:
         self.block = 0
         self.length = 0
         self.xfer = bytearray(MAX_TRANSFER)
-        self.mpu_rw = [False] * MRAM_PARTITIONS
+        # §4.1 and §5.1: one MPU region per MRAM partition, read-only at boot.
+        self.mpu_rw = {p.alt: False for p in PARTITIONS if p.memory is Memory.MRAM}
         self.recovered = False
 
     # ------------------------------------------------------------------ session (§8)
@@ -648,12 +649,12 @@ class VirtualAE3:
 
     def _finish_manifest(self) -> None:
         self.state = State.MANIFEST
-        if self.alt == 0:
+        if self.alt == BOOT.alt:
             # §5.1 hazard (inferred): BOOT's region made execute-never under the running code.
             self.hung = True
             self.stats.notes.append("manifest on BOOT: MemManage fault, device hung (§5.1)")
             return
-        if self.alt < MRAM_PARTITIONS:
+        if self.alt in self.mpu_rw:
             self.mpu_rw[self.alt] = False  # re-locked read-only, execute-never
         self._finish(Status.OK, State.MANIFEST_SYNC)
 
@@ -672,7 +673,7 @@ class VirtualAE3:
             return Status.OK
         if partition.read_only:
             return Status.errWRITE  # §5 check 1, before anything else
-        if block == 0 and alt < MRAM_PARTITIONS:
+        if block == 0 and alt in self.mpu_rw:
             self.mpu_rw[alt] = True  # §5 check 2
         offset = block * DFU_BLOCK_SIZE
         if partition.start + offset + length > partition.limit:
