@@ -416,10 +416,6 @@ def recover_command(
     key_bytes = (
         load_recovery_key(read_input(key, limit=key_limit), str(key)) if key else make_key_file()
     )
-        load_recovery_key(read_input(key, limit=partition_for_role(Role.KEY).size), str(key))
-        if key
-        else make_key_file()
-    )
     romfs0 = []
     if bundle is not None:
         romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})
