@@ -82,9 +82,6 @@ class Partition:
             return OSPI_XIP_BASE + self.start
         return None
 
-    def contains(self, address: int, length: int = 1) -> bool:
-        return self.start <= address and address + length <= self.limit
-
     def maps(self, address: int, length: int = 1) -> bool:
         """Whether CPU addresses [address, address+length) lie in this partition."""
         base = self.cpu_address
