@@ -175,7 +175,7 @@ def test_realistic_timing_through_the_bridge(tmp_path: Path) -> None:
 
 def test_plug_in_listen_window(tmp_path: Path) -> None:
     """--listen-window: a freshly plugged camera leaves after 1.5 s without DFU activity."""
-    late = shell(tmp_path / "cam", "sleep 2; dfu-util -l", options=("--listen-window",))
+    late = shell(tmp_path / "cam", "sleep 2.5; dfu-util -l", options=("--listen-window",))
     assert "Found DFU" not in late.stdout
     bundle = tmp_path / "bundle.zip"
     write_bundle(bundle, {Role.HP: GOOD / "firmware_M55_HP.bin"}, ReleaseInfo())
