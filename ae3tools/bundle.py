@@ -136,6 +136,15 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class WrittenBundle:
+    """What write_bundle wrote: the archive's size and sha256, for release notes."""
+
+    manifest: Manifest
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BundleImage:
     """A verified image: the manifest entry and the exact bytes for its partition."""
 
@@ -501,9 +510,10 @@ def merge_inputs(explicit: Mapping[Role, Path | None], from_dir: Path | None) ->
 
 def write_bundle(
     output: Path, inputs: Mapping[Role, Path], release: ReleaseInfo, *, force: bool = False
-) -> tuple[Manifest, dict[Role, Artifact]]:
+) -> WrittenBundle:
     """Validate every input, then write the bundle atomically; nothing is written on error."""
     artifacts = collect_artifacts(inputs)
     manifest = build_manifest(artifacts, release)
-    write_atomic(output, bundle_bytes(manifest, artifacts), force=force)
-    return manifest, artifacts
+    archive = bundle_bytes(manifest, artifacts)
+    write_atomic(output, archive, force=force)
+    return WrittenBundle(manifest, len(archive), hashlib.sha256(archive).hexdigest())

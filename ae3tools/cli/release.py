@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +134,13 @@ def bundle(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
     )
     release = ReleaseInfo(version, resolve_build_date(build_date), git_revision, notes)
-    write_bundle(output, inputs, release, force=force)
-    report = open_bundle(output)
-    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    written = write_bundle(output, inputs, release, force=force)
+    report = open_bundle(output)  # read back what was written, through the one reader
     if as_json:
-        emit_json({**report_json(report), "bundle_sha256": digest, "size": output.stat().st_size})
+        emit_json({**report_json(report), "bundle_sha256": written.sha256, "size": written.size})
     else:
         print_report(report)
-        out.print(f"wrote {output} ({output.stat().st_size} bytes, sha256 {digest})")
+        out.print(f"wrote {output} ({written.size} bytes, sha256 {written.sha256})")
     if not report.ok:  # cannot happen unless the writer and reader disagree
         raise typer.Exit(1)
 
