@@ -282,6 +282,13 @@ def test_bundle_and_verify_commands(cli, tmp_path: Path) -> None:
     assert json.loads(inspect.out)["bundles"] == [data]
 
 
+def test_bundle_json_reports_the_archive_digest(cli, tmp_path: Path) -> None:
+    out = tmp_path / "b.zip"
+    result = json.loads(cli("bundle", "--from", GOOD, "-o", out, "--json").out)
+    assert result["bundle_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert result["size"] == out.stat().st_size and result["ok"]
+
+
 def test_bundle_subset_and_explicit_override(cli, tmp_path: Path) -> None:
     out = tmp_path / "hp.zip"
     assert (
