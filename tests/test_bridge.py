@@ -19,6 +19,7 @@ from ae3tools.board import RECOVERY_KEY, Role, partition_for_role
 from ae3tools.bundle import ReleaseInfo, inputs_from_directory, read_bundle, write_bundle
 from ae3tools.dfu.virtual import partition_image
 from tests.conftest import FIXTURES, ROOT
+from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT_MS, assert_failed_cleanly, fault_spec
 
 BRIDGE = ROOT / "scripts" / "with-virtual-ae3"
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")
@@ -204,3 +205,33 @@ def test_faults_through_libusb(tmp_path: Path) -> None:
     assert stalled.returncode == 1 and "stalled" in stalled.stderr
     again = bridge(tmp_path / "cam", AE3TOOLS, "flash", bundle)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.fixture(scope="module")
+def matrix_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bridge-matrix") / "bundle.zip"
+    write_bundle(path, inputs_from_directory(GOOD), ReleaseInfo())
+    return path
+
+
+@pytest.mark.parametrize(("role", "fault", "block"), MATRIX)
+def test_fault_matrix_through_libusb(
+    matrix_bundle: Path, tmp_path: Path, role: str, fault: str, block: int
+) -> None:
+    """The same matrix as test_flash, through real libusb: same sentences, no false success."""
+    memory = tmp_path / "cam"
+    failed = bridge(
+        memory,
+        AE3TOOLS,
+        "flash",
+        matrix_bundle,
+        "--json",
+        "--timeout",
+        MATRIX_TIMEOUT_MS,
+        options=("--fault", fault_spec(role, fault, block)),
+    )
+    assert_failed_cleanly(failed.returncode, failed.stdout, failed.stderr, role, fault, block)
+    again = bridge(memory, AE3TOOLS, "flash", matrix_bundle)
+    assert again.returncode == 0, again.stderr
+    for image in read_bundle(matrix_bundle):
+        assert memory_holds(memory, image.role, image.data)

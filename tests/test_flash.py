@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import usb.core
 
-from ae3tools.board import FLASH_ORDER, Role, partition_by_name, partition_for_role
+from ae3tools.board import Role, partition_by_name
 from ae3tools.bundle import (
     BundleImage,
     ReleaseInfo,
@@ -30,6 +30,7 @@ from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import Ae3Error, UsageError
 from ae3tools.key import make_key_file
 from tests.conftest import FIXTURES
+from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT_MS, assert_failed_cleanly, fault_spec
 
 BLOCK = 4096
 
@@ -278,29 +279,6 @@ def test_erase_fs_writes_a_zero_block(cli, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ the fault matrix
 
-FAULTS = {
-    # kind spec template -> words the error must contain
-    "status:status=errWRITE": "errWRITE",
-    "status:status=errADDRESS": "errADDRESS: the image does not fit",
-    "vanish": "disconnected",
-    "stall": "stalled",
-    "hang": "did not answer",
-    "slow:seconds=5": "did not answer",
-    "status:op=upload:status=errFILE": "errFILE",
-}
-
-
-def matrix() -> list[tuple[str, str, int]]:
-    """Each fault at the first, a middle and the last block of each fixture image."""
-    cases = []
-    for role in FLASH_ORDER:
-        size = (FIXTURES / "good" / str(partition_for_role(role).image_name)).stat().st_size
-        blocks = -(-size // BLOCK)
-        for block in sorted({0, blocks // 2, blocks - 1}):
-            for fault in FAULTS:
-                cases.append((role.value, fault, block))
-    return cases
-
 
 @pytest.fixture(scope="module")
 def matrix_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -309,26 +287,24 @@ def matrix_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("role", "fault", "block"), matrix())
+@pytest.mark.parametrize(("role", "fault", "block"), MATRIX)
 def test_fault_matrix(
     cli, matrix_bundle: Path, tmp_path: Path, role: str, fault: str, block: int
 ) -> None:
-    kind, *options = fault.split(":")
-    alt = partition_for_role(Role(role)).alt
-    spec = ":".join([kind, f"alt={alt}", f"block={block}", *options])
     camera = tmp_path / "cam"
+    spec = fault_spec(role, fault, block)
     result = cli(
-        "flash", matrix_bundle, "--virtual", camera, "--fault", spec, "--timeout", "300", "--json"
+        "flash",
+        matrix_bundle,
+        "--virtual",
+        camera,
+        "--fault",
+        spec,
+        "--timeout",
+        MATRIX_TIMEOUT_MS,
+        "--json",
     )
-    assert result.code == 1, (spec, result.out, result.err)
-    report = json.loads(result.out)
-    assert report["ok"] is False and role in report["remaining"]
-    assert all(i["role"] != role for i in report["images"])  # the failed image is not claimed
-    assert FAULTS[fault] in result.err, (spec, result.err)
-    assert (
-        f"block {block}" in result.err and f"--only {','.join(report['remaining'])}" in result.err
-    )
-    assert "flashed" not in result.out
+    assert_failed_cleanly(result.code, result.out, result.err, role, fault, block)
     # The fault clears (a new power-on); the same command then finishes and verifies.
     again = cli("flash", matrix_bundle, "--virtual", camera)
     assert again.code == 0, again.err

@@ -85,6 +85,11 @@ URB_CANCELLED = -errno.ENOENT
 # The device's flash work (§11) is served inside the ioctl: the client's transfer simply
 # takes that long, as on the bus. A hung device is handled apart (its URB is held).
 BUSY_LIMIT = 600.0
+# Waits longer than this (a slow flash, recovery) complete the URB later, from a timer,
+# so that a client's own timeout can fire and cancel it (DISCARDURB) as on the bus.
+# Shorter waits are served inside the ioctl: a pending URB makes libusb spin on
+# REAPURBNDELAY (the fake node always polls ready), which would swamp short waits.
+ASYNC_WAIT = 0.25
 
 
 def device_record() -> str:
@@ -132,7 +137,8 @@ class UsbfsBridge:
         self.device = device
         self.trace = trace
         self.finished: collections.deque[Any] = collections.deque()  # URBs ready to reap
-        self.held: dict[int, Any] = {}  # URBs the device never answers (hung), by address
+        self.held: dict[int, Any] = {}  # URBs not yet answered (hung or busy), by address
+        self.timers: dict[int, threading.Timer] = {}
         self.lock = threading.Lock()
 
     def handle(self, request: int, arg: Any) -> Outcome:
@@ -201,6 +207,25 @@ class UsbfsBridge:
         if self.device.hung:
             self.held[urb.client_addr] = urb  # never answered: libusb times out, discards
             return OK
+        wait = self.device.busy_until - self.device.clock()
+        if wait > ASYNC_WAIT:
+            self.held[urb.client_addr] = urb
+            timer = threading.Timer(wait, self._answer_later, (urb, buffer, setup, payload))
+            self.timers[urb.client_addr] = timer
+            timer.start()
+            return OK
+        self._answer(urb, buffer, setup, payload)
+        return OK
+
+    def _answer_later(self, urb: Any, buffer: Any, setup: Setup, payload: bytes) -> None:
+        with self.lock:
+            if self.held.pop(urb.client_addr, None) is None:
+                return  # the client gave up (DISCARDURB): the request is never processed
+            self.timers.pop(urb.client_addr, None)
+            self._answer(urb, buffer, setup, payload)
+
+    def _answer(self, urb: Any, buffer: Any, setup: Setup, payload: bytes) -> None:
+        w_length = setup.length
         try:
             reply = self.device.control(setup, payload, timeout=BUSY_LIMIT)
             status, actual = 0, len(reply) if setup.is_in else w_length
@@ -212,22 +237,26 @@ class UsbfsBridge:
             status, actual = -errno.ENODEV, 0
         except DeviceTimeout:
             self.held[urb.client_addr] = urb
-            return OK
+            return
         urb.update(URB_STATUS, struct.pack("<i", status))
         urb.update(URB_ACTUAL_LENGTH, struct.pack("<i", actual))
         self.finished.append(urb)
-        return OK
 
     def _reap(self, arg: Any) -> Outcome:
         if not self.finished:
             return failed(errno.EAGAIN if self.device.present else errno.ENODEV)
         urb = self.finished.popleft()
-        arg.resolve(0, 8).update(0, struct.pack("<Q", urb.client_addr))
+        # set_ptr links the URB block to this ioctl, so changes made after its SUBMITURB
+        # completed (a late answer) are written back to the client with this one.
+        arg.resolve(0, 8).set_ptr(0, urb)
         return OK
 
     def _discard(self, arg: Any) -> Outcome:
         (address,) = struct.unpack("<Q", bytes(arg.retrieve()[:8]))
         urb = self.held.pop(address, None)
+        timer = self.timers.pop(address, None)
+        if timer is not None:
+            timer.cancel()
         if urb is None:
             return failed(errno.EINVAL)  # already completed: nothing to cancel
         urb.update(URB_STATUS, struct.pack("<i", URB_CANCELLED))
