@@ -41,10 +41,8 @@ from ae3tools.dfu.host import (
     BootloaderInfo,
     DeviceError,
     DfuSession,
-    device_path,
-    find_bootloaders,
+    describe_bootloaders,
     libusb_backend,
-    read_serial,
     wait_for_bootloader,
 )
 from ae3tools.dfu.virtual import Fault, Timing
@@ -212,7 +210,7 @@ def results_table(results: list[ImageResult]) -> Table:
 
 def failure_hint(exc: FlashFailed, bundle: Path) -> str:
     resume = f"ae3tools flash {bundle} --only {roles_text(exc.remaining)}"
-    if exc.vanished or "did not answer" in str(exc):
+    if exc.session_lost:
         return (
             "The camera left the bootloader (or stopped answering). Replug it (or press reset) "
             f"and run again; to write only what is left: {resume}"
@@ -343,18 +341,7 @@ def devices(
     target = Target(virtual, virtual_timing, [], 0.0, None, None, False, 0.0, DEFAULT_TIMEOUT_MS)
     backend = target.backend()
     try:
-        found = []
-        for device in find_bootloaders(backend):
-            session = DfuSession(device)
-            try:
-                names = session.alt_names()
-            finally:
-                session.close()
-            bcd = device.bcdDevice  # §1.1: (major << 8) | (minor << 4) | patch
-            version = f"{bcd >> 8}.{(bcd >> 4) & 0xF}.{bcd & 0xF}"
-            found.append(
-                BootloaderInfo(read_serial(device), device_path(device), version, tuple(names))
-            )
+        found = describe_bootloaders(backend)
     finally:
         shut(backend)
     if as_json:

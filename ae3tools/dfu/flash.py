@@ -82,7 +82,9 @@ class FlashFailed(DeviceError):
     def __init__(
         self, cause: DeviceError, completed: Sequence[ImageResult], remaining: Sequence[Role]
     ) -> None:
-        super().__init__(str(cause), hint=cause.hint, vanished=cause.vanished)
+        super().__init__(
+            str(cause), hint=cause.hint, vanished=cause.vanished, timed_out=cause.timed_out
+        )
         self.cause = cause
         self.completed = list(completed)
         self.remaining = list(remaining)

@@ -55,9 +55,17 @@ Progress = Callable[[int], None]  # bytes done so far in the current transfer
 class DeviceError(Ae3Error):
     """Talking to the camera failed. `where` says which alt and block, when known."""
 
-    def __init__(self, message: str, *, hint: str = "", vanished: bool = False) -> None:
+    def __init__(
+        self, message: str, *, hint: str = "", vanished: bool = False, timed_out: bool = False
+    ) -> None:
         super().__init__(message, hint=hint)
-        self.vanished = vanished
+        self.vanished = vanished  # the camera left the bus
+        self.timed_out = timed_out  # the camera stopped answering
+
+    @property
+    def session_lost(self) -> bool:
+        """Whether the bootloader session is over: a re-run needs the camera replugged."""
+        return self.vanished or self.timed_out
 
 
 class DfuStatusError(DeviceError):
@@ -76,7 +84,8 @@ def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> D
     if isinstance(exc, usb.core.USBTimeoutError):
         return DeviceError(
             f"{where}: the camera did not answer within {timeout_ms} ms "
-            "(it may have hung, or the operation needs a longer --timeout)"
+            "(it may have hung, or the operation needs a longer --timeout)",
+            timed_out=True,
         )
     if exc.errno == errno.EPIPE:
         return DeviceError(f"{where}: the bootloader stalled the request")
@@ -210,6 +219,29 @@ def wait_for_bootloader(
         f"no AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}){selector} found{waited}",
         hint=hint,
     )
+
+
+def bootloader_version(device: usb.core.Device) -> str:
+    """The version in bcdDevice: (major << 8) | (minor << 4) | patch (spec §1.1)."""
+    bcd = device.bcdDevice
+    return f"{bcd >> 8}.{(bcd >> 4) & 0xF}.{bcd & 0xF}"
+
+
+def describe_bootloaders(backend: Any) -> list[BootloaderInfo]:
+    """Every AE3 bootloader present, from descriptors only: no session is latched."""
+    found = []
+    for device in find_bootloaders(backend):
+        session = DfuSession(device)
+        try:
+            names = tuple(session.alt_names())
+        finally:
+            session.close()
+        found.append(
+            BootloaderInfo(
+                read_serial(device), device_path(device), bootloader_version(device), names
+            )
+        )
+    return found
 
 
 # ----------------------------------------------------------------------------- the session
