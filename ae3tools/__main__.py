@@ -1,3 +1,3 @@
-from ae3tools.cli import main
+from ae3tools.entry import main
 
 main()

@@ -34,7 +34,16 @@ from ae3tools.board import (
     partition_for_role,
 )
 from ae3tools.fileio import write_atomic
-from ae3tools.findings import Ae3Error, Finding, Severity, error, errors_in, warning, warnings_in
+from ae3tools.findings import (
+    Ae3Error,
+    Finding,
+    Severity,
+    UsageError,
+    error,
+    errors_in,
+    warning,
+    warnings_in,
+)
 
 FORMAT = "ae3tools-bundle"
 FORMAT_VERSION = 1
@@ -207,7 +216,11 @@ def resolve_build_date(value: str | None) -> str | None:
 def inputs_from_directory(directory: Path) -> dict[Role, Path]:
     """OpenMV's usual build file names for each role, where present."""
     if not directory.is_dir():
-        raise Ae3Error(f"{directory}: not a directory")
+        raise UsageError(
+            f"{directory}: no such directory"
+            if not directory.exists()
+            else f"{directory}: not a directory"
+        )
     found = {}
     for role in FLASH_ORDER:
         name = partition_for_role(role).image_name
@@ -302,7 +315,7 @@ def open_bundle(path: Path) -> BundleReport:
     Raises Ae3Error only when the file itself cannot be read.
     """
     if not path.is_file():
-        raise Ae3Error(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
         with zipfile.ZipFile(path) as archive:
             return _check_archive(str(path), archive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from ae3tools.findings import Ae3Error, UsageError
@@ -32,23 +33,80 @@ def read_input(path: Path, *, limit: int | None = None) -> bytes:
     return data
 
 
+# Temporary files are named `.NAME.ae3tools-PID-RANDOM.tmp`: recognisably ours, and
+# tied to the process that wrote them, so a later run can remove those a killed run left.
+_TMP_TAG = "ae3tools"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{_TMP_TAG}-"
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of earlier ae3tools runs for `path` whose process is gone
+    (a SIGKILL or a power cut leaves them; an interrupted run removes its own)."""
+    directory = path.parent
+    prefix = _tmp_prefix(path)
+    try:
+        candidates = [p for p in directory.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for candidate in candidates:
+        pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
+def refuse_output_over_input(output: Path, inputs: Iterable[Path | None]) -> None:
+    """An output may never replace one of the command's inputs, nor land inside an input
+    directory (it would be read as part of the input next time), whatever --force says."""
+    target = output.resolve()
+    for source in inputs:
+        if source is None or not source.exists():
+            continue
+        resolved = source.resolve()
+        same = target == resolved or (output.exists() and os.path.samefile(output, source))
+        if same:
+            raise UsageError(f"{output}: is also an input of this command; choose another output")
+        if source.is_dir() and resolved in target.parents:
+            raise UsageError(
+                f"{output}: lies inside the input directory {source}; choose another output"
+            )
+
+
 def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
     """Write `data` to `path` through a temporary file in the same directory and a rename.
 
     An interrupted write leaves no partial file at `path`. An existing file is kept
     unless `force` is set.
     """
-    if path.exists() and not force:
-        raise UsageError(f"{path}: already exists (use --force to overwrite)")
     if path.is_dir():
         raise UsageError(f"{path}: is a directory")
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists (use --force to overwrite)")
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"{path}: directory {directory} does not exist")
+    remove_stale_temporaries(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f"{_tmp_prefix(path)}{os.getpid()}-", suffix=".tmp", dir=directory
+        )
     except OSError as exc:
-        raise Ae3Error(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise Ae3Error(f"{path}: cannot write in {directory}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class Severity(str, Enum):
@@ -55,6 +57,51 @@ def warnings_in(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity is Severity.WARNING]
 
 
+# Findings of one code beyond this many are counted, not kept: a crafted input can
+# otherwise produce millions of identical findings (and gigabytes of report).
+FINDINGS_PER_CODE = 20
+
+
+@dataclass
+class FindingLog:
+    """Collects findings, keeping the first FINDINGS_PER_CODE of each code.
+
+    `result()` adds one finding per code that overflowed, with the same severity,
+    saying how many more there were, so the verdict and the count survive the cap.
+    """
+
+    cap: int = FINDINGS_PER_CODE
+    kept: list[Finding] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    severities: dict[str, Severity] = field(default_factory=dict)
+
+    def add(self, finding: Finding) -> None:
+        self.note(finding.code, finding.severity, 1)
+        if self.counts[finding.code] <= self.cap:
+            self.kept.append(finding)
+
+    def wants(self, code: str) -> bool:
+        """Whether another finding of `code` would be kept (so worth building)."""
+        return self.counts[code] < self.cap
+
+    def note(self, code: str, severity: Severity, count: int) -> None:
+        """Count `count` findings of `code` without building them."""
+        self.counts[code] += count
+        self.severities[code] = severity
+
+    def result(self) -> list[Finding]:
+        summaries = [
+            Finding(
+                code,
+                self.severities[code],
+                f"{count - self.cap} more {code} findings not shown ({count} in all)",
+            )
+            for code, count in self.counts.items()
+            if count > self.cap
+        ]
+        return [*self.kept, *summaries]
+
+
 class Ae3Error(Exception):
     """A problem the user can fix: bad input, a failed check, a device refusing.
 
@@ -64,9 +111,12 @@ class Ae3Error(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str = "") -> None:
+    def __init__(
+        self, message: str, *, hint: str = "", details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.hint = hint
+        self.details = details  # extra fields for the --json error object
 
 
 class UsageError(Ae3Error):

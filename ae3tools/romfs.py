@@ -12,12 +12,23 @@ import hashlib
 import os
 import re
 import stat
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ae3tools.board import Partition
-from ae3tools.findings import Ae3Error, Finding, error, errors_in, info, warning
+from ae3tools.board import PARTITIONS, ROMFS_ROLES, Partition
+from ae3tools.findings import (
+    Ae3Error,
+    Finding,
+    FindingLog,
+    Severity,
+    error,
+    errors_in,
+    info,
+    warning,
+)
 
 # romfs §2: record kinds.
 KIND_UNUSED = 0
@@ -37,6 +48,9 @@ VINT_PAD = 0x80  # romfs §1: a leading 0x80 adds nothing to a vint
 # romfs §9: OpenMV's builder puts the root payload at 16 and gives FILE records 8-byte headers.
 OPENMV_HEADER_SIZE = 16
 OPENMV_RECORD_HEADER_SIZE = 8
+
+# The largest image any ROMFS partition holds (ROMFS0, romfs §6); a build stops there.
+MAX_ROMFS_SIZE = max(p.size for p in PARTITIONS if p.role in ROMFS_ROLES)
 
 _NOT_PAD = re.compile(b"[^\x80]")
 
@@ -125,20 +139,97 @@ def alignment_for(name: str, rules: Sequence[AlignmentRule]) -> int:
     return 1
 
 
-@dataclass(frozen=True)
+# Names are shown escaped: printable ASCII as is (a backslash doubled), every other byte
+# as \xNN. Two different names never look alike, and no name can drive a terminal.
+_PLAIN_NAME = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+
+
+def show_name(raw: bytes) -> str:
+    """A ROMFS name as ae3tools prints it: unambiguous and free of control characters."""
+    if _PLAIN_NAME.fullmatch(raw):
+        return raw.decode("ascii")
+    return "".join(
+        "\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw
+    )
+
+
+# A crafted image can nest directories a hundred thousand levels deep: every full path
+# kept or printed would cost time and memory quadratic in the depth. Entries keep the
+# first and last few levels; deeper paths are shown with the middle elided.
+_HEAD_LEVELS = 8
+_TAIL_LEVELS = 8
+
+
+@dataclass(frozen=True, slots=True)
 class RomfsEntry:
     """A file or directory as the reader lists it (romfs §4)."""
 
-    path: str  # absolute, "/" separated: "/lib/mod.py"
+    raw_name: bytes  # the name's bytes in the image
     type: str  # "file" or "dir"
     record_offset: int  # image offset of the record's kind byte
     size: int  # file: data length; dir: payload bytes after the name, as ilistdir says
     data_offset: int | None = None  # file: image offset of its first data byte
     data_kind: str | None = None  # file: "verbatim" or "pointer"
+    parent: RomfsEntry | None = field(default=None, repr=False, compare=False)
+    depth: int = 1  # 1 for an entry of the root directory
+    head: str = field(default="", repr=False, compare=False)  # the first levels' path
+    tail: tuple[str, ...] = field(default=(), repr=False, compare=False)  # the last levels
+
+    @classmethod
+    def child(
+        cls,
+        parent: RomfsEntry | None,
+        raw_name: bytes,
+        type: str,
+        record_offset: int,
+        size: int,
+        data_offset: int | None = None,
+        data_kind: str | None = None,
+    ) -> RomfsEntry:
+        name = show_name(raw_name)
+        tail: tuple[str, ...]
+        if parent is None:
+            depth, head, tail = 1, "/" + name, ()
+        elif parent.depth < _HEAD_LEVELS:
+            depth, head, tail = parent.depth + 1, f"{parent.head}/{name}", ()
+        else:  # the head string is shared with the parent, not copied
+            depth, head = parent.depth + 1, parent.head
+            tail = (*parent.tail, name)[-_TAIL_LEVELS:]
+        return cls(
+            raw_name, type, record_offset, size, data_offset, data_kind, parent, depth, head, tail
+        )
 
     @property
     def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
+        return show_name(self.raw_name)
+
+    @property
+    def shown_path(self) -> str:
+        """The path as printed: exact up to 16 levels, the middle elided below that."""
+        hidden = self.depth - _HEAD_LEVELS - len(self.tail)
+        middle = f"/\u2026[{hidden} levels]\u2026" if hidden > 0 else ""
+        return self.head + middle + "".join("/" + part for part in self.tail)
+
+    @property
+    def path(self) -> str:
+        """The full path ("/lib/mod.py"), names escaped; costs the depth for deep ones."""
+        if self.depth <= _HEAD_LEVELS + len(self.tail):
+            return self.shown_path
+        names = []
+        entry: RomfsEntry | None = self
+        while entry is not None:
+            names.append(entry.name)
+            entry = entry.parent
+        return "/" + "/".join(reversed(names))
+
+    def parts(self) -> list[bytes]:
+        """The raw names from the root down to this entry."""
+        names = []
+        entry: RomfsEntry | None = self
+        while entry is not None:
+            names.append(entry.raw_name)
+            entry = entry.parent
+        return names[::-1]
 
     @property
     def alignment(self) -> int | None:
@@ -167,7 +258,7 @@ class RomfsHeader:
 class RomfsImage:
     image_size: int
     header: RomfsHeader | None  # None: the reader would refuse to mount (ENODEV)
-    entries: tuple[RomfsEntry, ...]
+    entries: tuple[RomfsEntry, ...]  # in image order, each directory before its children
     findings: tuple[Finding, ...]
     builder: str  # "mpremote-style", "openmv-style" or "other" (romfs §11)
 
@@ -186,24 +277,35 @@ class RomfsImage:
 
 @dataclass
 class _Frame:
+    """A directory being walked: where its next child is, where it ends."""
+
     pos: int
     end: int
-    path: str
+    entry: RomfsEntry | None  # None for the root
     seen: set[bytes] = field(default_factory=set)
 
 
 @dataclass
 class _Walk:
-    buf: memoryview
+    buf: bytes
     header: RomfsHeader
-    findings: list[Finding] = field(default_factory=list)
+    log: FindingLog
     entries: list[RomfsEntry] = field(default_factory=list)
-    # DATA_VERBATIM and PADDING payloads: where DATA_POINTER targets may legitimately point.
-    blobs: list[tuple[int, int]] = field(default_factory=list)
-    pointers: list[tuple[str, int, int, int]] = field(default_factory=list)
+    # DATA_VERBATIM and PADDING payloads, in image order (the walk goes forward), as two
+    # flat arrays: where DATA_POINTER targets may legitimately point.
+    blob_starts: array[int] = field(default_factory=lambda: array("q"))
+    blob_ends: array[int] = field(default_factory=lambda: array("q"))
     padded_records: int = 0
     record_header_sizes: set[int] = field(default_factory=set)
     has_directories: bool = False
+
+    def add(
+        self, code: str, severity: Severity, message: str, where: RomfsEntry | None, offset: int
+    ) -> None:
+        if self.log.wants(code):
+            self.log.add(Finding(code, severity, message, _where(where, offset)))
+        else:
+            self.log.note(code, severity, 1)
 
 
 def is_romfs(data: bytes | memoryview) -> bool:
@@ -219,10 +321,13 @@ def parse_romfs(
 ) -> RomfsImage:
     """Parse and validate a ROMFS image against every invariant of romfs §8.
 
-    Never raises for bad content: problems come back as findings. `partition`, when
-    given, adds the fit check; `alignment` says which file data must be aligned.
+    Never raises for bad content: problems come back as findings, at most
+    FINDINGS_PER_CODE of each code plus a count. Time and memory are linear in the
+    image, whatever its shape (records of two bytes, directories nested to any depth).
+    `partition`, when given, adds the fit check; `alignment` says which file data must
+    be aligned.
     """
-    buf = memoryview(image).cast("B") if not isinstance(image, memoryview) else image
+    buf = image if isinstance(image, bytes) else bytes(image)
     header, findings = _parse_header(buf)
     if partition is not None and len(buf) > partition.size:
         findings.append(
@@ -234,20 +339,19 @@ def parse_romfs(
     if header is None:
         return RomfsImage(len(buf), None, (), tuple(findings), "other")
 
-    walk = _Walk(buf, header, findings)
+    walk = _Walk(buf, header, FindingLog(kept=findings))
     _walk_records(walk)
-    _check_pointers(walk)
     _check_alignment(walk, alignment)
     _check_conventions(walk, partition)
-    return RomfsImage(len(buf), header, tuple(walk.entries), tuple(walk.findings), _guess(walk))
+    return RomfsImage(len(buf), header, tuple(walk.entries), tuple(walk.log.result()), _guess(walk))
 
 
-def _parse_header(buf: memoryview) -> tuple[RomfsHeader | None, list[Finding]]:
+def _parse_header(buf: bytes) -> tuple[RomfsHeader | None, list[Finding]]:
     """romfs §8.A: the mount-level checks; any failure means 'not a ROMFS'."""
     size = len(buf)
     if size < MIN_IMAGE_SIZE:
         return None, [error("ROMFS_TOO_SHORT", f"{size} bytes; a ROMFS image has at least 4")]
-    head = bytes(buf[:3])
+    head = buf[:3]
     if head != MAGIC:
         if head == b"\xff\xff\xff":
             return None, [error("ROMFS_ERASED", "starts with erased flash (FF): no ROMFS here")]
@@ -262,6 +366,14 @@ def _parse_header(buf: memoryview) -> tuple[RomfsHeader | None, list[Finding]]:
         return None, [
             error("ROMFS_BAD_HEADER", "the FILESYSTEM length runs off the end", "offset 3")
         ]
+    if length >= VINT_LIMIT:
+        return None, [
+            error(
+                "ROMFS_VINT_TOO_LARGE",
+                "the FILESYSTEM length does not fit 32 bits (romfs §8.9)",
+                "offset 3",
+            )
+        ]
     if payload_start + length > size:
         return None, [
             error(
@@ -273,186 +385,328 @@ def _parse_header(buf: memoryview) -> tuple[RomfsHeader | None, list[Finding]]:
     return RomfsHeader(length, pads, payload_start), []
 
 
-def _where(path: str, offset: int) -> str:
-    return f"{path or '/'} @ 0x{offset:x}"
+def _where(entry: RomfsEntry | None, offset: int) -> str:
+    return f"{entry.shown_path if entry else '/'} @ 0x{offset:x}"
 
 
-def _read_record(walk: _Walk, frame: _Frame, context: str) -> tuple[int, int, int, int] | None:
-    """Read the record at frame.pos and step the frame past it.
+def _read_record(
+    walk: _Walk, pos: int, end: int, parent: RomfsEntry | None, context: str
+) -> tuple[int, int, int] | None:
+    """Read the record header at `pos` inside a region ending at `end` (the general path).
 
-    Returns (kind, record offset, payload start, payload end), or None (after adding
-    a finding and abandoning the rest of the region) when it does not fit its parent.
+    Returns (kind, payload start, payload end), or None after a finding when it does
+    not fit its parent: nothing after a broken record can be located.
     """
-    offset = frame.pos
-
-    def abandon(code: str, message: str) -> None:
-        walk.findings.append(error(code, message, _where(frame.path, offset)))
-        frame.pos = frame.end  # nothing after a broken record can be located
-
     try:
-        kind, pos, kind_pads = read_vint(walk.buf, offset, frame.end)
-        length, pos, length_pads = read_vint(walk.buf, pos, frame.end)
+        kind, body, kind_pads = read_vint(walk.buf, pos, end)
+        length, body, length_pads = read_vint(walk.buf, body, end)
     except _Overrun:
-        abandon(
+        walk.add(
             "ROMFS_RECORD_OVERRUN",
-            f"record header runs past the end of its {context} at 0x{frame.end:x}",
+            Severity.ERROR,
+            f"record header runs past the end of its {context} at 0x{end:x}",
+            parent,
+            pos,
         )
         return None
     if kind >= VINT_LIMIT or length >= VINT_LIMIT:
-        abandon("ROMFS_VINT_TOO_LARGE", "a vint does not fit 32 bits")
+        walk.add("ROMFS_VINT_TOO_LARGE", Severity.ERROR, "a vint does not fit 32 bits", parent, pos)
         return None
-    if pos + length > frame.end:
-        abandon(
+    if body + length > end:
+        walk.add(
             "ROMFS_RECORD_OVERRUN",
-            f"record of {length} bytes runs past the end of its {context} at 0x{frame.end:x}",
+            Severity.ERROR,
+            f"record of {length} bytes runs past the end of its {context} at 0x{end:x}",
+            parent,
+            pos,
         )
         return None
     if kind_pads or length_pads:
         walk.padded_records += 1
     if kind in (KIND_FILE, KIND_DIRECTORY):
-        walk.record_header_sizes.add(pos - offset)
-    frame.pos = pos + length
-    return kind, offset, pos, pos + length
+        walk.record_header_sizes.add(body - pos)
+    return kind, body, body + length
+
+
+# What a record of each kind means where it stands, when it is not a file or directory
+# with a name: (code, severity, message) or None for nothing to report. `None` keys
+# stand for every unknown kind.
+_Meaning = tuple[str, Severity, str] | None
+_KIND_ZERO_DIR = (
+    "ROMFS_KIND_ZERO",
+    Severity.ERROR,
+    "kind-0 record: the reader stops listing here and hides what follows",
+)
+_KIND_ZERO_FILE = ("ROMFS_KIND_ZERO", Severity.ERROR, "kind-0 record inside a file")
+_NESTED = ("ROMFS_NESTED_IN_FILE", Severity.WARNING, "a file or directory inside a file is ignored")
+_NO_NAME = ("ROMFS_BAD_NAME", Severity.ERROR, "the name runs past its record")
+_BAD_POINTER = ("ROMFS_BAD_POINTER", Severity.ERROR, "DATA_POINTER is not exactly two vints")
+
+
+def _unknown(kind: int) -> tuple[str, Severity, str]:
+    return ("ROMFS_UNKNOWN_KIND", Severity.INFO, f"record of unknown kind {kind} skipped")
+
+
+# A run of two-byte records (kind < 0x80, length 0): a crafted image can hold twelve
+# million of them. The run is handled by counting kinds in C, not record by record.
+_EMPTY_RECORD_RUN = re.compile(rb"(?:[\x00-\x7f]\x00){8,}", re.DOTALL)
+_KIND_CLASSES = {
+    0: bytes([KIND_UNUSED]),
+    1: bytes([KIND_PADDING]),
+    2: bytes([KIND_DATA_VERBATIM]),
+    3: bytes([KIND_DATA_POINTER]),
+    4: bytes([KIND_DIRECTORY, KIND_FILE]),
+    6: bytes(range(6, 0x80)),
+}
+
+
+def _empty_run(
+    walk: _Walk, run_start: int, run_end: int, parent: RomfsEntry | None, in_file: bool
+) -> tuple[int, int]:
+    """Account for a run of empty two-byte records; returns (first empty DATA_VERBATIM
+    offset or -1, number of data records) for a file's bookkeeping."""
+    kinds = walk.buf[run_start:run_end:2]
+    first_data, data_records = -1, 0
+    for key, members in _KIND_CLASSES.items():
+        count = len(kinds) - len(kinds.translate(None, members))
+        if not count:
+            continue
+        if key == KIND_DATA_VERBATIM or (key == KIND_DATA_POINTER and in_file):
+            data_records += count
+        if key == KIND_DATA_VERBATIM:
+            first_data = run_start + 2 * kinds.index(members) + 2
+        meaning = _meaning(key, in_file, empty=True)
+        if meaning is None:
+            continue
+        code, severity, message = meaning
+        index = -1
+        for _ in range(min(count, max(0, walk.log.cap - walk.log.counts[code]))):
+            index = _find_any(kinds, members, index + 1)
+            kind = kinds[index]
+            if key == 6:
+                code, severity, message = _unknown(kind)
+            walk.log.add(Finding(code, severity, message, _where(parent, run_start + 2 * index)))
+            count -= 1
+        if count:
+            walk.log.note(code, severity, count)
+    return first_data, data_records
+
+
+def _find_any(data: bytes, members: bytes, start: int) -> int:
+    if len(members) == 1:
+        return data.index(members, start)
+    return next(i for i in range(start, len(data)) if data[i] in members)
+
+
+def _meaning(kind: int, in_file: bool, *, empty: bool) -> _Meaning:
+    """What a record that is not a readable FILE or DIRECTORY means where it stands."""
+    if kind == KIND_UNUSED:
+        return _KIND_ZERO_FILE if in_file else _KIND_ZERO_DIR
+    if kind in (KIND_PADDING, KIND_DATA_VERBATIM):
+        return None
+    if kind == KIND_DATA_POINTER:
+        return _BAD_POINTER if in_file and empty else None
+    if kind in (KIND_DIRECTORY, KIND_FILE):
+        return _NESTED if in_file else _NO_NAME if empty else None
+    return _unknown(kind)
 
 
 def _walk_records(walk: _Walk) -> None:
-    """Depth-first over the tree with an explicit stack (images may nest deeply)."""
+    """Depth-first over the tree with an explicit stack (images may nest to any depth)."""
+    buf = walk.buf
     header = walk.header
-    stack = [_Frame(header.payload_start, header.total_size, "")]
+    stack = [_Frame(header.payload_start, header.total_size, None)]
     while stack:
         frame = stack[-1]
-        if frame.pos >= frame.end:
-            stack.pop()
-            continue
-        record = _read_record(walk, frame, "directory")
-        if record is None:
-            continue
-        kind, offset, start, end = record
-        where = _where(frame.path, offset)
-        if kind == KIND_UNUSED:
-            walk.findings.append(
-                error(
-                    "ROMFS_KIND_ZERO",
-                    "kind-0 record: the reader stops listing here and hides what follows",
-                    where,
-                )
-            )
-        elif kind in (KIND_PADDING, KIND_DATA_VERBATIM):
-            walk.blobs.append((start, end))
-        elif kind in (KIND_DIRECTORY, KIND_FILE):
-            named = _read_name(walk, frame, offset, start, end)
-            if named is None:
-                continue
-            path, children_start = named
-            if kind == KIND_DIRECTORY:
-                walk.has_directories = True
-                walk.entries.append(RomfsEntry(path, "dir", offset, end - children_start))
-                stack.append(_Frame(children_start, end, path))
+        pos, end, parent = frame.pos, frame.end, frame.entry
+        descend: _Frame | None = None
+        while pos < end and descend is None:
+            kind = buf[pos]
+            length = buf[pos + 1] if pos + 1 < end else 0x80
+            if kind < 0x80 and length < 0x80:  # the common case: one-byte vints
+                if length == 0 and _EMPTY_RECORD_RUN.match(buf, pos, end):
+                    run = _EMPTY_RECORD_RUN.match(buf, pos, end)
+                    assert run is not None
+                    _empty_run(walk, pos, run.end(), parent, in_file=False)
+                    pos = run.end()
+                    continue
+                body, record_end = pos + 2, pos + 2 + length
+                if record_end > end:
+                    _read_record(walk, pos, end, parent, "directory")  # reports the overrun
+                    pos = end
+                    break
+                if kind in (KIND_FILE, KIND_DIRECTORY):
+                    walk.record_header_sizes.add(2)
             else:
-                _read_file(walk, path, offset, children_start, end)
-        elif kind != KIND_DATA_POINTER:
-            walk.findings.append(
-                info("ROMFS_UNKNOWN_KIND", f"record of unknown kind {kind} skipped", where)
-            )
+                record = _read_record(walk, pos, end, parent, "directory")
+                if record is None:
+                    pos = end
+                    break
+                kind, body, record_end = record
+            record_start, pos = pos, record_end
+            if kind in (KIND_PADDING, KIND_DATA_VERBATIM):
+                if record_end > body:
+                    walk.blob_starts.append(body)
+                    walk.blob_ends.append(record_end)
+            elif kind in (KIND_DIRECTORY, KIND_FILE):
+                named = _read_name(walk, frame, record_start, body, record_end)
+                if named is None:
+                    continue
+                raw, children = named
+                if kind == KIND_DIRECTORY:
+                    walk.has_directories = True
+                    entry = RomfsEntry.child(
+                        parent, raw, "dir", record_start, record_end - children
+                    )
+                    walk.entries.append(entry)
+                    descend = _Frame(children, record_end, entry)
+                else:
+                    _read_file(walk, parent, raw, record_start, children, record_end)
+            else:
+                meaning = _meaning(kind, False, empty=False)
+                if meaning is not None:
+                    walk.add(*meaning, parent, record_start)
+        frame.pos = pos
+        if descend is not None:
+            stack.append(descend)
+        elif pos >= end:
+            stack.pop()
+    _check_pointers(walk)
 
 
 def _read_name(
     walk: _Walk, parent: _Frame, offset: int, start: int, end: int
-) -> tuple[str, int] | None:
+) -> tuple[bytes, int] | None:
     """romfs §8.6 and §8.10: the name at the start of a FILE or DIRECTORY payload."""
-    where = _where(parent.path, offset)
     try:
         name_len, pos, _ = read_vint(walk.buf, start, end)
     except _Overrun:
         name_len, pos = VINT_LIMIT, end
     if pos + name_len > end:
-        walk.findings.append(error("ROMFS_BAD_NAME", "the name runs past its record", where))
+        walk.add(*_NO_NAME, parent.entry, offset)
         return None
-    raw = bytes(walk.buf[pos : pos + name_len])
-    shown = raw.decode("utf-8", "backslashreplace")
-    path = f"{parent.path}/{shown}"
-    here = _where(path, offset)
+    raw = walk.buf[pos : pos + name_len]
+    if not _ORDINARY_NAME.fullmatch(raw) or raw in (b".", b"..") or raw in parent.seen:
+        _check_name(walk, parent, raw, offset)
+    parent.seen.add(raw)
+    return raw, pos + name_len
+
+
+def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
+    """The findings a name can earn (the common, plain name earns none)."""
+    shown = show_name(raw)
+    here = f"{parent.entry.shown_path if parent.entry else ''}/{shown} @ 0x{offset:x}"
+
+    def add(code: str, severity: Severity, message: str) -> None:
+        if walk.log.wants(code):
+            walk.log.add(Finding(code, severity, message, here))
+        else:
+            walk.log.note(code, severity, 1)
+
     if not raw:
-        walk.findings.append(error("ROMFS_NAME_EMPTY", "empty name: no path can reach it", here))
+        add("ROMFS_NAME_EMPTY", Severity.ERROR, "empty name: no path can reach it")
     elif b"/" in raw or b"\0" in raw or raw in (b".", b".."):
-        walk.findings.append(
-            error("ROMFS_NAME_INVALID", f"name {shown!r} is '.', '..' or holds '/' or NUL", here)
+        add(
+            "ROMFS_NAME_INVALID", Severity.ERROR, f"name '{shown}' is '.', '..' or holds '/' or NUL"
+        )
+    elif _CONTROL.search(raw):
+        add(
+            "ROMFS_NAME_CONTROL",
+            Severity.WARNING,
+            f"name '{shown}' holds control characters (shown escaped)",
         )
     elif not raw.isascii():
-        walk.findings.append(warning("ROMFS_NAME_NOT_ASCII", f"name {shown!r} is not ASCII", here))
+        add("ROMFS_NAME_NOT_ASCII", Severity.WARNING, f"name '{shown}' is not ASCII")
     if raw in parent.seen:
-        walk.findings.append(
-            error(
-                "ROMFS_NAME_DUPLICATE",
-                f"second entry named {shown!r} here: opening it returns the first",
-                here,
-            )
+        add(
+            "ROMFS_NAME_DUPLICATE",
+            Severity.ERROR,
+            f"second entry named '{shown}' here: opening it returns the first",
         )
-    parent.seen.add(raw)
-    return path, pos + name_len
 
 
-def _read_file(walk: _Walk, path: str, offset: int, start: int, end: int) -> None:
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# A name that earns no finding by its bytes alone: printable ASCII, no '/', not empty.
+_ORDINARY_NAME = re.compile(rb"[\x20-\x2e\x30-\x7e]+")
+
+
+def _read_file(
+    walk: _Walk, parent: RomfsEntry | None, raw: bytes, offset: int, start: int, end: int
+) -> None:
     """romfs §5 and §8.7: the first data record among a FILE's children is its content."""
-    frame = _Frame(start, end, path)
-    data: RomfsEntry | None = None
+    buf = walk.buf
+    entry = RomfsEntry.child(parent, raw, "file", offset, 0)
+    content: tuple[int, int, str, int] | None = None  # (size, data offset, kind, record)
     data_records = 0
-    while frame.pos < frame.end:
-        record = _read_record(walk, frame, "file")
-        if record is None:
-            break
-        kind, child_offset, child_start, child_end = record
-        where = _where(path, child_offset)
-        if kind == KIND_UNUSED:
-            walk.findings.append(error("ROMFS_KIND_ZERO", "kind-0 record inside a file", where))
-        elif kind == KIND_DATA_VERBATIM:
+    pos = start
+    while pos < end:
+        kind = buf[pos]
+        length = buf[pos + 1] if pos + 1 < end else 0x80
+        if kind < 0x80 and length < 0x80:
+            if length == 0 and _EMPTY_RECORD_RUN.match(buf, pos, end):
+                run = _EMPTY_RECORD_RUN.match(buf, pos, end)
+                assert run is not None
+                first_data, count = _empty_run(walk, pos, run.end(), entry, in_file=True)
+                data_records += count
+                if content is None and first_data >= 0:
+                    content = (0, first_data, "verbatim", first_data - 2)
+                pos = run.end()
+                continue
+            body, record_end = pos + 2, pos + 2 + length
+            if record_end > end:
+                _read_record(walk, pos, end, entry, "file")
+                break
+        else:
+            record = _read_record(walk, pos, end, entry, "file")
+            if record is None:
+                break
+            kind, body, record_end = record
+        record_start, pos = pos, record_end
+        if kind == KIND_DATA_VERBATIM:
             data_records += 1
-            walk.blobs.append((child_start, child_end))
-            if data is None:
-                data = RomfsEntry(
-                    path, "file", offset, child_end - child_start, child_start, "verbatim"
-                )
+            if record_end > body:
+                walk.blob_starts.append(body)
+                walk.blob_ends.append(record_end)
+            if content is None:
+                content = (record_end - body, body, "verbatim", record_start)
         elif kind == KIND_DATA_POINTER:
             data_records += 1
-            pointer = _read_pointer(walk, path, child_offset, child_start, child_end)
-            if data is None and pointer is not None:
-                size, target = pointer
-                data = RomfsEntry(path, "file", offset, size, target, "pointer")
-        elif kind in (KIND_FILE, KIND_DIRECTORY):
-            walk.findings.append(
-                warning(
-                    "ROMFS_NESTED_IN_FILE", "a file or directory inside a file is ignored", where
-                )
-            )
-        elif kind not in (KIND_PADDING,):
-            walk.findings.append(
-                info("ROMFS_UNKNOWN_KIND", f"record of unknown kind {kind} skipped", where)
-            )
-    if data is None:
-        walk.findings.append(
-            error(
-                "ROMFS_FILE_NO_DATA",
-                "file has no data record: it cannot be opened and hides later siblings",
-                _where(path, offset),
-            )
+            pointer = _read_pointer(walk, entry, record_start, body, record_end)
+            if content is None and pointer is not None:
+                content = (*pointer, "pointer", record_start)
+        elif kind == KIND_PADDING:
+            if record_end > body:
+                walk.blob_starts.append(body)
+                walk.blob_ends.append(record_end)
+        else:
+            meaning = _meaning(kind, True, empty=False)
+            if meaning is not None:
+                walk.add(*meaning, entry, record_start)
+    if content is None:
+        walk.add(
+            "ROMFS_FILE_NO_DATA",
+            Severity.ERROR,
+            "file has no data record: it cannot be opened and hides later siblings",
+            entry,
+            offset,
         )
         return
     if data_records > 1:
-        walk.findings.append(
-            warning(
-                "ROMFS_FILE_MULTIPLE_DATA",
-                f"{data_records} data records; only the first is used",
-                _where(path, offset),
-            )
+        walk.add(
+            "ROMFS_FILE_MULTIPLE_DATA",
+            Severity.WARNING,
+            f"{data_records} data records; only the first is used",
+            entry,
+            offset,
         )
-    walk.entries.append(data)
+    size, data_offset, data_kind, _ = content
+    walk.entries.append(replace(entry, size=size, data_offset=data_offset, data_kind=data_kind))
 
 
 def _read_pointer(
-    walk: _Walk, path: str, offset: int, start: int, end: int
+    walk: _Walk, entry: RomfsEntry, offset: int, start: int, end: int
 ) -> tuple[int, int] | None:
     """romfs §5 and §8.8: a DATA_POINTER is exactly two vints, size then offset."""
-    where = _where(path, offset)
     try:
         size, pos, _ = read_vint(walk.buf, start, end)
         relative, pos, _ = read_vint(walk.buf, pos, end)
@@ -460,40 +714,41 @@ def _read_pointer(
         pos = -1
         size = relative = 0
     if pos != end or size >= VINT_LIMIT or relative >= VINT_LIMIT:
-        walk.findings.append(
-            error("ROMFS_BAD_POINTER", "DATA_POINTER is not exactly two vints", where)
-        )
+        walk.add(*_BAD_POINTER, entry, offset)
         return None
     header = walk.header
     target = header.payload_start + relative
     if target + size > header.total_size:
-        walk.findings.append(
-            error(
-                "ROMFS_POINTER_OUT_OF_BOUNDS",
-                f"points at 0x{target:x}+{size}, outside the filesystem payload "
-                f"(ends at 0x{header.total_size:x})",
-                where,
-            )
+        walk.add(
+            "ROMFS_POINTER_OUT_OF_BOUNDS",
+            Severity.ERROR,
+            f"points at 0x{target:x}+{size}, outside the filesystem payload "
+            f"(ends at 0x{header.total_size:x})",
+            entry,
+            offset,
         )
         return None
-    walk.pointers.append((path, offset, target, size))
     return size, target
 
 
 def _check_pointers(walk: _Walk) -> None:
-    """romfs §8.8: pointer targets should lie in data or padding, not across headers."""
-    if not walk.pointers:
-        return
-    blobs = sorted(walk.blobs)
-    for path, offset, target, size in walk.pointers:
-        inside = any(start <= target and target + size <= end for start, end in blobs)
-        if not inside and size:
-            walk.findings.append(
-                warning(
-                    "ROMFS_POINTER_OVERLAP",
-                    f"data at 0x{target:x}+{size} overlaps record headers",
-                    _where(path, offset),
-                )
+    """romfs §8.8: a file's content through a pointer should lie inside one data or
+    padding payload, not across record headers. The payloads are disjoint and in
+    image order, so one binary search per file decides."""
+    starts, ends = walk.blob_starts, walk.blob_ends
+    for entry in walk.entries:
+        if entry.data_kind != "pointer" or not entry.size:
+            continue
+        assert entry.data_offset is not None
+        target, size = entry.data_offset, entry.size
+        index = bisect_right(starts, target) - 1
+        if index < 0 or target + size > ends[index]:
+            walk.add(
+                "ROMFS_POINTER_OVERLAP",
+                Severity.WARNING,
+                f"data at 0x{target:x}+{size} overlaps record headers",
+                entry,
+                entry.record_offset,
             )
 
 
@@ -503,12 +758,12 @@ def _check_alignment(walk: _Walk, rules: Sequence[AlignmentRule]) -> None:
             continue
         wanted = alignment_for(entry.name, rules)
         if entry.data_offset % wanted:
-            walk.findings.append(
-                warning(
-                    "ROMFS_MISALIGNED",
-                    f"data at 0x{entry.data_offset:x} is not {wanted}-byte aligned",
-                    entry.path,
-                )
+            walk.add(
+                "ROMFS_MISALIGNED",
+                Severity.WARNING,
+                f"data at 0x{entry.data_offset:x} is not {wanted}-byte aligned",
+                entry,
+                entry.record_offset,
             )
 
 
@@ -516,13 +771,11 @@ def _check_conventions(walk: _Walk, partition: Partition | None) -> None:
     """romfs §8.C: conventions that the reader does not need."""
     total = walk.header.total_size
     if total % 2:
-        walk.findings.append(
-            warning("ROMFS_ODD_SIZE", f"FILESYSTEM record is {total} bytes, not even")
-        )
+        walk.log.add(warning("ROMFS_ODD_SIZE", f"FILESYSTEM record is {total} bytes, not even"))
     slack = len(walk.buf) - total
     if slack:
         where = f" of {partition.size} in {partition.name}" if partition else ""
-        walk.findings.append(
+        walk.log.add(
             info("ROMFS_SLACK", f"{slack} bytes after the FILESYSTEM record{where} are ignored")
         )
 
@@ -539,87 +792,103 @@ def _guess(walk: _Walk) -> str:
     return "other"
 
 
-def file_digests(image: bytes | memoryview, entries: Sequence[RomfsEntry]) -> dict[str, str]:
-    """sha256 of each file's content: the one pass over file data."""
+def file_digests(image: bytes | memoryview, entries: Sequence[RomfsEntry]) -> list[str | None]:
+    """sha256 of each entry's content (None for directories), in the order given: the
+    one pass over file data. Keyed by position, not by path: paths are for people."""
     buf = memoryview(image)
-    digests = {}
-    for entry in entries:
-        if entry.type == "file" and entry.data_offset is not None:
-            digests[entry.path] = hashlib.sha256(
-                buf[entry.data_offset : entry.data_offset + entry.size]
-            ).hexdigest()
-    return digests
+    return [
+        hashlib.sha256(buf[e.data_offset : e.data_offset + e.size]).hexdigest()
+        if e.type == "file" and e.data_offset is not None
+        else None
+        for e in entries
+    ]
 
 
 # ---------------------------------------------------------------------------- extract
 
 
-def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False) -> list[Path]:
+# Deeper trees are listed and validated, but not written out: no file system takes
+# paths that long (Linux: 4096 bytes), and building each path costs its depth.
+MAX_EXTRACT_DEPTH = 256
+
+
+@dataclass(frozen=True)
+class Extraction:
+    written: tuple[Path, ...]  # files written
+    skipped: tuple[Finding, ...]  # every entry not written, and why
+
+
+def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False) -> Extraction:
     """Write the image's files and directories under `dest`, never outside it.
 
-    Names the validator rejected (empty, '.', '..', '/', NUL) and unreachable
-    duplicates are skipped. Existing files are kept unless `force`.
+    Names are written byte for byte (no two entries can land on one file by looking
+    alike). Nothing is merged or dropped silently: an entry that cannot be written
+    (an invalid name, a duplicate the reader cannot reach, a name the file system
+    folds onto an earlier one, too deep) is reported in `skipped`. Existing files are
+    kept unless `force`.
     """
     if parsed.header is None:
         raise Ae3Error("not a mountable ROMFS image")
     root = dest.resolve()
     buf = memoryview(image)
     written: list[Path] = []
-    done: set[str] = set()
-    for entry in parsed.entries:
-        parts = entry.path.split("/")[1:]
-        if entry.path in done or any(p in ("", ".", "..") or "\0" in p for p in parts):
-            continue
-        done.add(entry.path)
-        target = root.joinpath(*parts)
-        if root not in target.resolve().parents:
-            continue
+    written_ids: set[tuple[int, int]] = set()
+    done: set[tuple[bytes, ...]] = set()
+    refused: set[int] = set()  # id() of directories not written: their children follow
+    log = FindingLog()
+
+    def skip(entry: RomfsEntry, reason: str) -> None:
         if entry.type == "dir":
-            target.mkdir(parents=True, exist_ok=True)
+            refused.add(id(entry))
+        where = f"{entry.shown_path} @ 0x{entry.record_offset:x}"
+        if log.wants("ROMFS_NOT_EXTRACTED"):
+            log.add(error("ROMFS_NOT_EXTRACTED", f"not extracted: {reason}", where))
+        else:
+            log.note("ROMFS_NOT_EXTRACTED", Severity.ERROR, 1)
+
+    for entry in parsed.entries:
+        if entry.parent is not None and id(entry.parent) in refused:
+            skip(entry, "inside a directory that was not extracted")
             continue
-        if target.exists() and not force:
-            raise Ae3Error(f"{target}: already exists (use --force to overwrite)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        assert entry.data_offset is not None
-        target.write_bytes(buf[entry.data_offset : entry.data_offset + entry.size])
+        if entry.depth > MAX_EXTRACT_DEPTH:
+            skip(entry, f"nested {entry.depth} levels deep, more than {MAX_EXTRACT_DEPTH}")
+            continue
+        parts = tuple(entry.parts())
+        if any(p in (b"", b".", b"..") or b"/" in p or b"\0" in p for p in parts):
+            skip(entry, "its path holds an invalid name")
+            continue
+        if parts in done:
+            skip(entry, "a second entry of that name; the reader only ever opens the first")
+            continue
+        done.add(parts)
+        target = root.joinpath(*(os.fsdecode(p) for p in parts))
+        if root not in target.resolve().parents:
+            skip(entry, "its path leads outside the destination")
+            continue
+        try:
+            if entry.type == "dir":
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            if target.exists():
+                identity = (target.stat().st_dev, target.stat().st_ino)
+                if identity in written_ids:
+                    skip(entry, f"the file system folds its name onto {target}, written already")
+                    continue
+                if not force:
+                    raise Ae3Error(f"{target}: already exists (use --force to overwrite)")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            assert entry.data_offset is not None
+            target.write_bytes(buf[entry.data_offset : entry.data_offset + entry.size])
+        except OSError as exc:
+            skip(entry, f"cannot write {target}: {exc.strerror or exc}")
+            continue
+        stat_result = target.stat()
+        written_ids.add((stat_result.st_dev, stat_result.st_ino))
         written.append(target)
-    return written
+    return Extraction(tuple(written), tuple(log.result()))
 
 
 # ---------------------------------------------------------------------------- build
-
-
-@dataclass(frozen=True)
-class _SourceFile:
-    name: bytes
-    path: Path
-
-
-@dataclass(frozen=True)
-class _SourceDir:
-    name: bytes
-    children: tuple[_SourceFile | _SourceDir, ...]
-
-
-def _scan(directory: Path) -> tuple[_SourceFile | _SourceDir, ...]:
-    """The tree under `directory`, sorted by name as mpremote sorts it (romfs §9)."""
-    children: list[_SourceFile | _SourceDir] = []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError as exc:
-        raise Ae3Error(f"{directory}: cannot list: {exc.strerror or exc}") from None
-    for name in names:
-        path = directory / name
-        if not name.isascii():
-            raise Ae3Error(f"{path}: ROMFS names must be ASCII")
-        mode = path.lstat().st_mode
-        if stat.S_ISDIR(mode):
-            children.append(_SourceDir(name.encode(), _scan(path)))
-        elif stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and path.is_file()):
-            children.append(_SourceFile(name.encode(), path))
-        else:
-            raise Ae3Error(f"{path}: not a regular file or directory")
-    return tuple(children)
 
 
 def _record_header(kind: int, length: int) -> bytes:
@@ -627,26 +896,68 @@ def _record_header(kind: int, length: int) -> bytes:
     return bytes([kind]) + encode_vint(length, OPENMV_RECORD_HEADER_SIZE - 1)
 
 
-def _layout(
-    nodes: Sequence[_SourceFile | _SourceDir], pos: int, rules: Sequence[AlignmentRule]
-) -> Iterator[bytes]:
-    """Yield the records for `nodes`, the first starting at image offset `pos`."""
-    for node in nodes:
-        name_field = encode_vint(len(node.name)) + node.name
-        body_start = pos + OPENMV_RECORD_HEADER_SIZE + len(name_field)
-        if isinstance(node, _SourceDir):
-            body = b"".join(_layout(node.children, body_start, rules))
-            kind = KIND_DIRECTORY
+def _sorted_children(directory: Path) -> list[tuple[bytes, Path, bool]]:
+    """(name, path, is_dir) under `directory`, sorted by name as mpremote sorts (romfs §9)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise Ae3Error(f"{directory}: cannot list: {exc.strerror or exc}") from None
+    children = []
+    for name in names:
+        path = directory / name
+        if not name.isascii() or not name.isprintable():
+            raise Ae3Error(f"{path!r}: ROMFS names must be printable ASCII")
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            children.append((name.encode(), path, True))
+        elif stat.S_ISREG(mode) or (stat.S_ISLNK(mode) and path.is_file()):
+            children.append((name.encode(), path, False))
         else:
-            data = node.path.read_bytes()
-            length = encode_vint(len(data))
-            wanted = alignment_for(node.name.decode(), rules)
-            pads = -(body_start + 1 + len(length)) % wanted
-            body = bytes([KIND_DATA_VERBATIM]) + bytes([VINT_PAD]) * pads + length + data
-            kind = KIND_FILE
-        record = _record_header(kind, len(name_field) + len(body)) + name_field + body
-        pos += len(record)
-        yield record
+            raise Ae3Error(f"{path}: not a regular file or directory")
+    return children
+
+
+def _layout(
+    source: Path, image: bytearray, rules: Sequence[AlignmentRule], limit: int, holder: str
+) -> None:
+    """Append the records of the tree under `source` to `image`, depth first.
+
+    Iterative (a tree may be deeper than Python's stack): a directory's 8-byte header
+    is reserved when it opens and filled in when its last child is written.
+    """
+    # Each open directory: its remaining children, and where its header was reserved.
+    stack: list[tuple[Iterator[tuple[bytes, Path, bool]], int]] = [
+        (iter(_sorted_children(source)), -1)
+    ]
+    while stack:
+        children, header_at = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            if header_at >= 0:
+                body_length = len(image) - header_at - OPENMV_RECORD_HEADER_SIZE
+                image[header_at : header_at + OPENMV_RECORD_HEADER_SIZE] = _record_header(
+                    KIND_DIRECTORY, body_length
+                )
+            continue
+        name, path, is_dir = child
+        name_field = encode_vint(len(name)) + name
+        record_at = len(image)
+        if is_dir:
+            image += bytes(OPENMV_RECORD_HEADER_SIZE) + name_field
+            stack.append((iter(_sorted_children(path)), record_at))
+        else:
+            data = path.read_bytes()
+            size_vint = encode_vint(len(data))
+            body_start = record_at + OPENMV_RECORD_HEADER_SIZE + len(name_field)
+            pads = -(body_start + 1 + len(size_vint)) % alignment_for(name.decode(), rules)
+            body = bytes([KIND_DATA_VERBATIM]) + bytes([VINT_PAD]) * pads + size_vint
+            image += _record_header(KIND_FILE, len(name_field) + len(body) + len(data))
+            image += name_field + body + data
+        if len(image) > limit:
+            raise Ae3Error(
+                f"{source}: the image grows past {limit} bytes at {path}, more than {holder} holds"
+            )
 
 
 # romfs §6 even-size rule: a 3-byte PADDING record (kind 1, length 1) flips the parity.
@@ -667,13 +978,14 @@ def build_romfs(
     """
     if not source.is_dir():
         raise Ae3Error(f"{source}: not a directory")
-    payload = b"".join(_layout(_scan(source), OPENMV_HEADER_SIZE, alignment))
-    if (OPENMV_HEADER_SIZE + len(payload)) % 2:
-        payload += _PARITY_PAD
-    image = MAGIC + encode_vint(len(payload), OPENMV_HEADER_SIZE - len(MAGIC)) + payload
-    if partition is not None and len(image) > partition.size:
-        raise Ae3Error(
-            f"{source}: image would be {len(image)} bytes; "
-            f"partition {partition.name} holds {partition.size}"
-        )
-    return image
+    limit = partition.size if partition is not None else MAX_ROMFS_SIZE
+    holder = f"partition {partition.name}" if partition else "any ROMFS partition"
+    image = bytearray(OPENMV_HEADER_SIZE)
+    _layout(source, image, alignment, limit, holder)
+    if len(image) % 2:
+        image += _PARITY_PAD
+    payload = len(image) - OPENMV_HEADER_SIZE
+    image[:OPENMV_HEADER_SIZE] = MAGIC + encode_vint(payload, OPENMV_HEADER_SIZE - len(MAGIC))
+    if len(image) > limit:
+        raise Ae3Error(f"{source}: image would be {len(image)} bytes; {holder} holds {limit}")
+    return bytes(image)

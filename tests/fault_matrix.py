@@ -9,7 +9,7 @@ from ae3tools.board import FLASH_ORDER, Role, partition_for_role
 from tests.conftest import FIXTURES
 
 BLOCK = 4096
-MATRIX_TIMEOUT_MS = 300  # the flasher's control timeout, so hangs end quickly
+MATRIX_TIMEOUT = 0.3  # the flasher's control timeout in seconds, so hangs end quickly
 
 # Fault (without its place) -> words the one-line error must contain.
 FAULTS = {

@@ -19,7 +19,7 @@ from ae3tools.board import RECOVERY_KEY, Role, partition_for_role
 from ae3tools.bundle import ReleaseInfo, inputs_from_directory, read_bundle, write_bundle
 from ae3tools.dfu.virtual import partition_image
 from tests.conftest import FIXTURES, ROOT
-from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT_MS, assert_failed_cleanly, fault_spec
+from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 
 BRIDGE = ROOT / "scripts" / "with-virtual-ae3"
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")
@@ -194,7 +194,7 @@ def test_faults_through_libusb(tmp_path: Path) -> None:
         "flash",
         bundle,
         "--timeout",
-        "300",
+        "0.3",
         options=("--fault", "hang:alt=HE:block=2"),
     )
     assert hung.returncode == 1 and "HE (alt 2) block 2" in hung.stderr
@@ -227,7 +227,7 @@ def test_fault_matrix_through_libusb(
         matrix_bundle,
         "--json",
         "--timeout",
-        MATRIX_TIMEOUT_MS,
+        MATRIX_TIMEOUT,
         options=("--fault", fault_spec(role, fault, block)),
     )
     assert_failed_cleanly(failed.returncode, failed.stdout, failed.stderr, role, fault, block)

@@ -68,9 +68,15 @@ def test_inspect_each_broken_artifact_exits_one(cli, name: str, words: str) -> N
     assert data["files"][0]["status"] == "error" and data["files"][0]["errors"]
 
 
-def test_inspect_missing_file_is_a_failed_row(cli, tmp_path: Path) -> None:
+def test_inspect_missing_file_is_a_usage_error(cli, tmp_path: Path) -> None:
     result = cli("inspect", FIXTURES / "good" / "key.bin", tmp_path / "gone.bin")
-    assert result.code == 1 and f"{tmp_path / 'gone.bin'}: error UNREADABLE" in result.out
+    assert result.code == 2 and f"{tmp_path / 'gone.bin'}: no such file" in result.err
+
+
+def test_inspect_unreadable_file_is_a_failed_row(cli, tmp_path: Path) -> None:
+    (tmp_path / "dir.bin").mkdir()
+    result = cli("inspect", FIXTURES / "good" / "key.bin", tmp_path / "dir.bin")
+    assert result.code == 1 and f"{tmp_path / 'dir.bin'}: error UNREADABLE" in result.out
 
 
 def test_romfs_ls_json(cli) -> None:
@@ -109,7 +115,7 @@ def test_romfs_build_extract_round_trip(cli, tmp_path: Path) -> None:
 def test_romfs_build_too_big_for_partition(cli, tmp_path: Path) -> None:
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "big.bin").write_bytes(bytes(1024 * 1024))
-    result = cli("romfs", "build", tmp_path / "tree", "-o", tmp_path / "x.img", "-p", "romfs1")
+    result = cli("romfs", "build", tmp_path / "tree", "-o", tmp_path / "x.img", "--partition", "romfs1")
     assert result.code == 1 and "ROMFS1" in result.err
     assert not (tmp_path / "x.img").exists()
 

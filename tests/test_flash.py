@@ -30,7 +30,7 @@ from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import Ae3Error, UsageError
 from ae3tools.key import make_key_file
 from tests.conftest import FIXTURES
-from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT_MS, assert_failed_cleanly, fault_spec
+from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 
 BLOCK = 4096
 
@@ -301,7 +301,7 @@ def test_fault_matrix(
         "--fault",
         spec,
         "--timeout",
-        MATRIX_TIMEOUT_MS,
+        MATRIX_TIMEOUT,
         "--json",
     )
     assert_failed_cleanly(result.code, result.out, result.err, role, fault, block)

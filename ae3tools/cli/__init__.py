@@ -1,6 +1,8 @@
 """The `ae3tools` command line: parse arguments, call the library, present results.
 
-Each module below registers its commands on the shared app; this one runs it.
+Each module below registers its commands on the shared app; this one runs it and is
+the one place that turns a failure into a line (or, with --json, an object) and an
+exit status.
 """
 
 from __future__ import annotations
@@ -8,38 +10,88 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import typer
 
 from ae3tools.cli import artifacts as _artifacts  # noqa: F401  (registers commands)
 from ae3tools.cli import device as _device  # noqa: F401
 from ae3tools.cli import release as _release  # noqa: F401
-from ae3tools.cli.common import app, err
+from ae3tools.cli.common import app, emit_json, err
 from ae3tools.findings import Ae3Error
 
-# ----------------------------------------------------------------------------- entry
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 3
+
+
+def _fail(
+    message: str, code: int, *, hint: str = "", as_json: bool, details: dict[str, Any] | None
+) -> None:
+    if as_json:
+        emit_json(
+            {
+                "ok": False,
+                "error": message,
+                "hint": hint or None,
+                "exit_code": code,
+                **(details or {}),
+            }
+        )
+    err.print(f"ae3tools: error: {message}", soft_wrap=True)
+    if hint:
+        err.print(hint, soft_wrap=True)
+    sys.exit(code)
+
+
+def _quiet_flags(command: Any) -> None:
+    """Show flags as flags in help: no `<bool>` placeholder after --json or --help, which
+    reads as if a value were needed."""
+    context = command.context_class(command)
+    for param in [*command.params, command.get_help_option(context)]:
+        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flags(sub)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    """click's usage errors (typer re-exports or vendors click, by version)."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: every failure ends in one line and an exit status."""
+    """Console entry point: every failure ends in one line and an exit status.
+
+    With --json, stdout carries exactly one JSON object, errors included.
+    """
+    args = list(argv) if argv is not None else sys.argv[1:]
+    as_json = "--json" in args
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="ae3tools")
+        command = typer.main.get_command(app)
+        _quiet_flags(command)
+        result = command.main(args=args, prog_name="ae3tools", standalone_mode=False)
     except Ae3Error as exc:
-        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
-        if exc.hint:
-            err.print(exc.hint, markup=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("ae3tools: interrupted", markup=False)
-        sys.exit(130)
+        _fail(str(exc), exc.exit_code, hint=exc.hint, as_json=as_json, details=exc.details)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", EXIT_INTERRUPTED, as_json=as_json, details=None)
     except OSError as exc:
-        err.print(f"ae3tools: error: {exc}", markup=False, soft_wrap=True)
-        sys.exit(1)
-    except Exception as exc:  # a bug: still one line, with a way to see more
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 1, as_json=as_json, details=None)
+    except Exception as exc:  # click's usage errors, and bugs
+        if _is_click_error(exc):
+            message = exc.format_message()  # type: ignore[attr-defined]
+            if not message:  # no arguments: the help was shown, which says it all
+                sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            subcommand = next((a for a in args if not a.startswith("-")), "")
+            hint = f"Try 'ae3tools {subcommand} --help'.".replace("  ", " ")
+            _fail(message, exc.exit_code, hint=hint, as_json=as_json, details=None)  # type: ignore[attr-defined]
         if os.environ.get("AE3TOOLS_DEBUG"):
             raise
-        err.print(
-            f"ae3tools: internal error: {type(exc).__name__}: {exc} "
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} "
             "(set AE3TOOLS_DEBUG=1 for a traceback, and please report it)",
-            markup=False,
-            soft_wrap=True,
+            EXIT_INTERNAL,
+            as_json=as_json,
+            details=None,
         )
-        sys.exit(3)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -9,28 +9,29 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ae3tools.artifact import Artifact, load_artifact
+from ae3tools.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
 from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
 from ae3tools.bundle import is_bundle, open_bundle
 from ae3tools.cli.common import (
-    STATUS_MARKUP,
+    STATUS_TEXT,
     ForceOption,
     JsonOption,
     app,
     emit_json,
-    fail,
     finding_rows,
     out,
+    print_columns,
     print_findings,
 )
 from ae3tools.cli.release import print_report, report_json
-from ae3tools.fileio import read_input, write_atomic
+from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.key import make_key_file
 from ae3tools.romfs import (
     OPENMV_ALIGNMENT,
     REQUIRED_ALIGNMENT,
     AlignmentRule,
+    RomfsEntry,
     build_romfs,
     extract,
     file_digests,
@@ -88,78 +89,89 @@ def keygen(
 # ----------------------------------------------------------------------------- romfs
 
 
+def _entry_json(entry: RomfsEntry, digest: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": entry.shown_path,
+        "type": entry.type,
+        "size": entry.size,
+        "record_offset": entry.record_offset,
+    }
+    if entry.type == "file":
+        row.update(offset=entry.data_offset, alignment=entry.alignment, sha256=digest)
+    return row
+
+
+def _entry_row(entry: RomfsEntry, digest: str | None) -> list[str]:
+    if entry.type == "dir":
+        return [entry.shown_path + "/", "", "", "", ""]
+    return [
+        entry.shown_path,
+        str(entry.size),
+        f"0x{entry.data_offset or 0:08x}",
+        str(entry.alignment),
+        (digest or "")[:16],
+    ]
+
+
 @romfs_app.command("ls")
 def romfs_ls(
     image: Path = typer.Argument(..., help="ROMFS image file."),
     partition: str | None = typer.Option(
-        None, "--partition", "-p", help="Check the image fits this partition: romfs0 or romfs1."
+        None,
+        "--partition",
+        "-P",
+        metavar="romfs0|romfs1",
+        help="Check the image fits this partition.",
     ),
     align: list[str] = typer.Option(
-        [], "--align", help="Require alignment for matching files, as PATTERN=N (repeatable)."
+        [],
+        "--align",
+        metavar="PATTERN=N",
+        help="Require alignment for matching files, e.g. '*.bin=8' (repeatable).",
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """List and validate a ROMFS image: every file with its size, data offset and alignment.
 
-    Exit status: 0 when the image has no errors (warnings allowed), 1 when it has errors.
+    Names are printed escaped (\\xNN for bytes that are not printable ASCII), so two
+    different names never look alike. Exit status: 0 when the image has no errors
+    (warnings allowed), 1 when it has errors.
 
     Example: ae3tools romfs ls romfs0.img --partition romfs0
     """
     role = romfs_partition(partition)
-    data = read_input(image)
+    data = read_input(image, limit=MAX_INPUT_SIZE)
     parsed = parse_romfs(
         data,
         partition=partition_for_role(role) if role else None,
         alignment=parse_rules(align, REQUIRED_ALIGNMENT),
     )
     digests = file_digests(data, parsed.entries)
+    header = parsed.header
     if as_json:
-        header = parsed.header
         emit_json(
             {
                 "image": str(image),
+                "ok": parsed.ok,
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
                 "entries": [
-                    {
-                        "path": e.path,
-                        "type": e.type,
-                        "size": e.size,
-                        **(
-                            {
-                                "offset": e.data_offset,
-                                "alignment": e.alignment,
-                                "sha256": digests[e.path],
-                            }
-                            if e.type == "file"
-                            else {}
-                        ),
-                    }
-                    for e in parsed.entries
+                    _entry_json(e, d) for e, d in zip(parsed.entries, digests, strict=True)
                 ],
                 **finding_rows(parsed.findings),
             }
         )
     else:
-        table = Table(title=f"{image}", title_justify="left")
-        for column in ("path", "size", "offset", "align", "sha256"):
-            table.add_column(column, justify="right" if column in ("size", "align") else "left")
-        for e in parsed.entries:
-            if e.type == "dir":
-                table.add_row(e.path + "/", "", "", "", "")
-            else:
-                table.add_row(
-                    e.path,
-                    str(e.size),
-                    f"0x{e.data_offset:08x}",
-                    str(e.alignment),
-                    digests[e.path][:16],
-                )
-        out.print(table)
-        if parsed.header:
+        out.print(str(image))
+        print_columns(
+            ("path", "size", "offset", "align", "sha256"),
+            (_entry_row(e, d) for e, d in zip(parsed.entries, digests, strict=True)),
+            right=("size", "align"),
+        )
+        if header:
             out.print(
-                f"{len(parsed.files)} files, filesystem {parsed.header.total_size} bytes "
+                f"{len(parsed.files)} files, filesystem {header.total_size} bytes "
                 f"of {parsed.image_size}, {parsed.builder}"
             )
         print_findings(parsed.findings, f"{image}: ")
@@ -172,20 +184,40 @@ def romfs_extract(
     image: Path = typer.Argument(..., help="ROMFS image file."),
     dest: Path = typer.Argument(..., help="Directory to write the files into (created if needed)."),
     force: bool = ForceOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Write a ROMFS image's files into a directory, never outside it.
 
+    Names are written byte for byte. Entries that cannot be written (invalid names,
+    unreachable duplicates, names the file system folds together) are listed, and the
+    exit status is then 1: nothing is merged or dropped silently.
+
     Example: ae3tools romfs extract romfs0.img out/
     """
-    data = read_input(image)
+    data = read_input(image, limit=MAX_INPUT_SIZE)
     parsed = parse_romfs(data)
     if parsed.header is None:
-        fail(f"{image}: {errors_in(parsed.findings)[0].message}")
+        raise Ae3Error(f"{image}: {errors_in(parsed.findings)[0].message}")
+    refuse_output_over_input(dest, [image])
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest}: exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)
-    written = extract(data, parsed, dest, force=force)
-    out.print(f"extracted {len(written)} files from {image} into {dest}")
-    print_findings(errors_in(parsed.findings), f"{image}: ")
-    if not parsed.ok:
+    result = extract(data, parsed, dest, force=force)
+    problems = [*errors_in(parsed.findings), *result.skipped]
+    if as_json:
+        emit_json(
+            {
+                "image": str(image),
+                "ok": parsed.ok and not result.skipped,
+                "destination": str(dest),
+                "written": [str(p) for p in result.written],
+                **finding_rows(problems),
+            }
+        )
+    else:
+        out.print(f"extracted {len(result.written)} files from {image} into {dest}")
+        print_findings(problems, f"{image}: ")
+    if not parsed.ok or result.skipped:
         raise typer.Exit(1)
 
 
@@ -194,11 +226,16 @@ def romfs_build(
     source: Path = typer.Argument(..., help="Directory tree to pack."),
     output: Path = typer.Option(..., "--output", "-o", help="Image file to write."),
     partition: str | None = typer.Option(
-        None, "--partition", "-p", help="Refuse an image that does not fit romfs0 or romfs1."
+        None,
+        "--partition",
+        "-P",
+        metavar="romfs0|romfs1",
+        help="Refuse an image that does not fit this partition.",
     ),
     align: list[str] = typer.Option(
         [],
         "--align",
+        metavar="PATTERN=N",
         help="Data alignment as PATTERN=N (repeatable, first match wins); "
         "OpenMV's rules follow: *.tflite=16, everything else 4.",
     ),
@@ -211,6 +248,11 @@ def romfs_build(
     """
     role = romfs_partition(partition)
     target = partition_for_role(role) if role else None
+    if not source.is_dir():
+        raise UsageError(
+            f"{source}: no such directory" if not source.exists() else f"{source}: not a directory"
+        )
+    refuse_output_over_input(output, [source])
     image = build_romfs(source, alignment=parse_rules(align, OPENMV_ALIGNMENT), partition=target)
     write_atomic(output, image, force=force)
     parsed = parse_romfs(image, partition=target)
@@ -262,6 +304,9 @@ def inspect(
 
     Example: ae3tools inspect firmware_M55_HP.bin firmware_M55_HE.bin romfs0.img romfs1.img
     """
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        raise UsageError(f"{missing[0]}: no such file")
     # A bundle gets the report `verify` gives; every other file a row of the table.
     bundles = [p for p in files if is_bundle(p)]
     files = [p for p in files if p not in bundles]
@@ -290,7 +335,7 @@ def inspect(
                 str(len(a.data)),
                 f"{100 * len(a.data) / p.size:.1f}%" if p else "-",
                 a.container,
-                STATUS_MARKUP[a.status],
+                STATUS_TEXT[a.status],
             )
         out.print(table)
         for a in artifacts:

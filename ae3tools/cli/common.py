@@ -3,30 +3,58 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity
 
+# C0 and C1 control characters other than newline and tab: never sent to a terminal.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as \\xNN: a name from an input can then
+    neither move the cursor nor clear the screen."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class LiteralConsole(Console):
+    """A console that prints strings literally: no markup, no highlighting, control
+    characters escaped. Text from inputs (file names, ROMFS names, release strings) goes
+    through it as is; styled output is built from rich Text objects, never markup."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        kwargs["markup"] = False
+        kwargs["highlight"] = False
+        kwargs.pop("emoji", None)
+        return super().render_str(printable(text), emoji=False, **kwargs)
+
+
 # Piped output is read by people in CI logs and by grep: do not wrap it at 80 columns.
 _PIPE_WIDTH = 160
-out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
+out = LiteralConsole(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+err = LiteralConsole(
+    stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH
+)
 
 app = typer.Typer(
     help="Build, check, bundle and flash OpenMV AE3 firmware artifacts.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
-JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object.")
+JsonOption = typer.Option(
+    False, "--json", help="Print the result (or the error) as one JSON object on stdout."
+)
 ForceOption = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
 
 
@@ -42,7 +70,11 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """Build, check, bundle and flash OpenMV AE3 firmware artifacts."""
+    """Build, check, bundle and flash OpenMV AE3 firmware artifacts.
+
+    Exit status: 0 all well (warnings allowed), 1 a check or the camera failed,
+    2 a usage error (a bad option, a missing input, an output that exists).
+    """
 
 
 # ----------------------------------------------------------------------------- output
@@ -60,18 +92,36 @@ def finding_rows(findings: Sequence[Finding]) -> dict[str, list[dict[str, str]]]
     }
 
 
-STATUS_MARKUP = {"ok": "[green]ok[/]", "warning": "[yellow]warning[/]", "error": "[red]ERROR[/]"}
+def styled(text: str, style: str) -> Text:
+    return Text(printable(text), style=style)
+
+
+STATUS_TEXT = {
+    "ok": styled("ok", "green"),
+    "warning": styled("warning", "yellow"),
+    "error": styled("ERROR", "red"),
+}
 
 _STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
 
 
 def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
     for finding in findings:
-        out.print(
-            f"{prefix}{finding}", style=_STYLE[finding.severity], markup=False, soft_wrap=True
-        )
+        out.print(f"{prefix}{finding}", style=_STYLE[finding.severity], soft_wrap=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"ae3tools: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
+def print_columns(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Sequence[str] = ()
+) -> None:
+    """A plain aligned table, written straight to stdout.
+
+    For listings that can run to a hundred thousand rows (a ROMFS image), where a rich
+    Table costs minutes; cells are escaped like everything else printed.
+    """
+    table = [list(headers), *([printable(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    aligned = [str.rjust if h in right else str.ljust for h in headers]
+    write = sys.stdout.write
+    for row in table:
+        cells = [align(cell, width) for align, cell, width in zip(aligned, row, widths)]
+        write("  ".join(cells).rstrip() + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +24,9 @@ from rich.table import Table
 
 from ae3tools.board import BOOTLOADER_PID, USB_VID, Role, partition_for_role
 from ae3tools.bundle import read_bundle
-from ae3tools.cli.common import JsonOption, app, emit_json, err, out
+from ae3tools.cli.common import JsonOption, app, emit_json, err, out, styled
 from ae3tools.dfu.flash import (
+    RECOVERY_TIMEOUT_MS,
     FlashFailed,
     ImageResult,
     dfu_util_commands,
@@ -90,9 +92,14 @@ PathOption = typer.Option(
 WaitOption = typer.Option(
     True, "--wait/--no-wait", help="Wait for the bootloader to appear (it listens ~1.5 s)."
 )
-WaitTimeoutOption = typer.Option(30.0, "--wait-timeout", help="Seconds to wait for the bootloader.")
+WaitTimeoutOption = typer.Option(
+    30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for the bootloader."
+)
 TimeoutOption = typer.Option(
-    DEFAULT_TIMEOUT_MS, "--timeout", help="USB control transfer timeout in milliseconds."
+    DEFAULT_TIMEOUT_MS / 1000,
+    "--timeout",
+    metavar="SECONDS",
+    help="USB control transfer timeout in seconds.",
 )
 ResetOption = typer.Option(
     True, "--reset/--no-reset", help="DETACH and reset at the end so the camera boots."
@@ -112,7 +119,11 @@ class Target:
     path: str | None
     wait: bool
     wait_timeout: float
-    timeout_ms: int
+    timeout: float  # seconds, per control transfer
+
+    @property
+    def timeout_ms(self) -> int:
+        return max(1, round(self.timeout * 1000))
 
     def backend(self) -> Any:
         if self.virtual is None:
@@ -122,9 +133,22 @@ class Target:
             faults = Fault.parse_many(self.faults)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        return virtual_backend(
-            self.virtual, timing=timing, faults=faults, plug_delay=self.plug_delay
-        )
+        try:
+            backend = virtual_backend(
+                self.virtual, timing=timing, faults=faults, plug_delay=self.plug_delay
+            )
+        except OSError as exc:
+            raise UsageError(f"--virtual {self.virtual}: {exc.strerror or exc}") from None
+        if backend.devices[0].memory.created:
+            err.print(f"created a new virtual AE3 in {self.virtual} (blank memory)")
+        return backend
+
+    def options(self) -> list[str]:
+        """The options that pick this camera again, for a command printed as a hint."""
+        picked = [("--serial", self.serial), ("--path", self.path)]
+        if self.virtual is not None:
+            picked += [("--virtual", str(self.virtual)), ("--virtual-timing", self.timing)]
+        return [part for name, value in picked if value for part in (name, value)]
 
 
 def shut(backend: Any) -> None:
@@ -141,8 +165,7 @@ def session_for(target: Target) -> Iterator[tuple[DfuSession, BootloaderInfo]]:
         def waiting() -> None:
             err.print(
                 f"waiting for the AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}): plug the "
-                "camera in or press its reset button...",
-                markup=False,
+                "camera in or press its reset button..."
             )
 
         device = wait_for_bootloader(
@@ -203,13 +226,15 @@ def results_table(results: list[ImageResult]) -> Table:
             f"{r.partition.alt} {r.partition.name}",
             str(r.length),
             f"{r.write_seconds + (r.verify_seconds or 0):.2f}",
-            "[green]read back equal[/]" if r.verified else "[yellow]not read back[/]",
+            styled("read back equal", "green") if r.verified else styled("not read back", "yellow"),
         )
     return table
 
 
-def failure_hint(exc: FlashFailed, bundle: Path) -> str:
-    resume = f"ae3tools flash {bundle} --only {roles_text(exc.remaining)}"
+def failure_hint(exc: FlashFailed, bundle: Path, target: Target) -> str:
+    resume = shlex.join(
+        ["ae3tools", "flash", str(bundle), "--only", roles_text(exc.remaining), *target.options()]
+    )
     if exc.session_lost:
         return (
             "The camera left the bootloader (or stopped answering). Replug it (or press reset) "
@@ -238,7 +263,7 @@ def flash(
     path: str | None = PathOption,
     wait: bool = WaitOption,
     wait_timeout: float = WaitTimeoutOption,
-    timeout: int = TimeoutOption,
+    timeout: float = TimeoutOption,
     virtual: Path | None = VirtualOption,
     virtual_timing: str = TimingOption,
     fault: list[str] = FaultOption,
@@ -278,7 +303,7 @@ def flash(
         out.print("then DETACH and reset" if reset else "then stay in the bootloader")
         out.print(f"equivalent dfu-util commands (after unzip {bundle}):")
         for command in commands:
-            out.print(f"  {command}", markup=False)
+            out.print(f"  {command}")
         return
 
     target = Target(
@@ -288,27 +313,22 @@ def flash(
     try:
         with session_for(target) as (session, info), ProgressBars(not as_json) as bars:
             if not as_json:
-                err.print(
-                    f"bootloader {info.version or '?'} serial {info.serial} at {info.path}",
-                    markup=False,
-                )
+                err.print(f"bootloader {info.version or '?'} serial {info.serial} at {info.path}")
             results = flash_images(session, images, verify=verify, observer=bars)
             if reset:
                 session.detach_and_reset()
             else:
                 session.close()
     except FlashFailed as exc:
-        if as_json:
-            emit_json(
-                {
-                    "bundle": str(bundle),
-                    "ok": False,
-                    "error": str(exc),
-                    "images": [r.as_dict() for r in exc.completed],
-                    "remaining": [r.value for r in exc.remaining],
-                }
-            )
-        raise DeviceError(str(exc), hint=failure_hint(exc, bundle)) from None
+        raise DeviceError(
+            str(exc),
+            hint=failure_hint(exc, bundle, target),
+            details={
+                "bundle": str(bundle),
+                "images": [r.as_dict() for r in exc.completed],
+                "remaining": [r.value for r in exc.remaining],
+            },
+        ) from None
     report = {
         "bundle": str(bundle),
         "ok": True,
@@ -338,7 +358,9 @@ def devices(
 
     Example: ae3tools devices --json
     """
-    target = Target(virtual, virtual_timing, [], 0.0, None, None, False, 0.0, DEFAULT_TIMEOUT_MS)
+    target = Target(
+        virtual, virtual_timing, [], 0.0, None, None, False, 0.0, DEFAULT_TIMEOUT_MS / 1000
+    )
     backend = target.backend()
     try:
         found = describe_bootloaders(backend)
@@ -380,8 +402,11 @@ def recover_command(
     path: str | None = PathOption,
     wait: bool = WaitOption,
     wait_timeout: float = WaitTimeoutOption,
-    timeout: int = typer.Option(
-        300_000, "--timeout", help="Control timeout in ms (recovery runs four chip erases)."
+    timeout: float = typer.Option(
+        RECOVERY_TIMEOUT_MS / 1000,
+        "--timeout",
+        metavar="SECONDS",
+        help="Control transfer timeout in seconds (recovery runs four chip erases).",
     ),
     virtual: Path | None = VirtualOption,
     virtual_timing: str = TimingOption,
@@ -408,13 +433,15 @@ def recover_command(
         romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})
     target = Target(virtual, virtual_timing, fault, 0.0, serial, path, wait, wait_timeout, timeout)
     with session_for(target) as (session, _), ProgressBars(not as_json) as bars:
-        seconds = recover(session, key_bytes, timeout_ms=timeout, observer=bars)
+        seconds = recover(session, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
         results = []
         if romfs0:
             try:
                 results = flash_images(session, romfs0, observer=bars)
             except FlashFailed as exc:
-                raise DeviceError(str(exc), hint=failure_hint(exc, bundle or Path())) from None
+                raise DeviceError(
+                    str(exc), hint=failure_hint(exc, bundle or Path(), target)
+                ) from None
         if reset:
             session.detach_and_reset()
     if as_json:
@@ -445,7 +472,7 @@ def erase_fs(
     path: str | None = PathOption,
     wait: bool = WaitOption,
     wait_timeout: float = WaitTimeoutOption,
-    timeout: int = TimeoutOption,
+    timeout: float = TimeoutOption,
     virtual: Path | None = VirtualOption,
     virtual_timing: str = TimingOption,
     fault: list[str] = FaultOption,

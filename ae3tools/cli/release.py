@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ae3tools.board import Role, partition_for_role
 from ae3tools.bundle import (
@@ -18,7 +19,7 @@ from ae3tools.bundle import (
     write_bundle,
 )
 from ae3tools.cli.common import (
-    STATUS_MARKUP,
+    STATUS_TEXT,
     ForceOption,
     JsonOption,
     app,
@@ -26,6 +27,8 @@ from ae3tools.cli.common import (
     finding_rows,
     out,
     print_findings,
+    printable,
+    styled,
 )
 from ae3tools.findings import Severity
 
@@ -73,15 +76,15 @@ def print_report(report: BundleReport) -> None:
             str(entry.length),
             f"{100 * entry.length / entry.partition_size:.1f}%",
             entry.sha256[:16],
-            STATUS_MARKUP[image.status],
+            STATUS_TEXT[image.status],
         )
     if report.images:
         out.print(table)
     print_findings(
         [f for f in report.all_findings if f.severity is not Severity.INFO], f"{report.path}: "
     )
-    verdict = "[green]verified[/]" if report.ok else "[red]FAILED[/]"
-    out.print(f"{report.path}: {verdict}")
+    verdict = styled("verified", "green") if report.ok else styled("FAILED", "red")
+    out.print(Text.assemble(printable(f"{report.path}: "), verdict))
 
 
 def show_bundle(path: Path, as_json: bool) -> BundleReport:

@@ -56,9 +56,15 @@ class DeviceError(Ae3Error):
     """Talking to the camera failed. `where` says which alt and block, when known."""
 
     def __init__(
-        self, message: str, *, hint: str = "", vanished: bool = False, timed_out: bool = False
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        vanished: bool = False,
+        timed_out: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, details=details)
         self.vanished = vanished  # the camera left the bus
         self.timed_out = timed_out  # the camera stopped answering
 
@@ -93,6 +99,12 @@ def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> D
         return DeviceError(
             f"{where}: the camera disconnected (unplugged, reset, or left the bootloader)",
             vanished=True,
+        )
+    if exc.errno == errno.EBUSY:
+        return DeviceError(
+            f"{where}: the camera is in use by another program (another ae3tools, dfu-util "
+            "or OpenMV IDE has claimed it)",
+            hint="Close that program, or wait for it to finish, then run this again.",
         )
     if exc.errno == errno.EACCES:
         return DeviceError(

@@ -41,6 +41,7 @@ from ae3tools.board import BOOTLOADER_PID, USB_VID  # noqa: E402
 from ae3tools.dfu.virtual import (  # noqa: E402
     CONFIGURATION_DESCRIPTOR,
     DEVICE_DESCRIPTOR,
+    CameraInUse,
     DeviceMemory,
     DeviceTimeout,
     Fault,
@@ -403,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         os.execve(
             sys.executable, [sys.executable, "-m", __spec__.name, *(argv or sys.argv[1:])], env
         )
-    device = VirtualAE3(DeviceMemory(args.memory), timing, faults, forced=not args.listen_window)
+    try:
+        memory = DeviceMemory(args.memory)
+        memory.claim()  # this process is the camera: one owner, as on a real bus
+    except (OSError, CameraInUse) as exc:
+        parser.exit(1, f"with-virtual-ae3: {exc}\n")
+    device = VirtualAE3(memory, timing, faults, forced=not args.listen_window)
     return run(command, device, trace=args.trace, report=args.report)
 
 

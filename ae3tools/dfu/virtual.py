@@ -9,8 +9,11 @@ libusb programs, a umockdev ioctl handler. Section numbers below are the spec's.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -267,19 +270,61 @@ def _fresh_contents(partition: Partition) -> bytes:
     return bytes(image)
 
 
+class CameraInUse(Exception):
+    """Another process holds this virtual camera, as a claimed USB interface would be."""
+
+
 class DeviceMemory:
     """The camera's storage, one buffer per partition; file-backed when given a directory.
 
     A directory keeps one file per partition (`1-HP.bin`, ...), created on first use,
-    so a flash survives across runs as a real camera's memory does.
+    so a flash survives across runs as a real camera's memory does. Only the last
+    component of the directory is created (a mistyped path is not silently made into a
+    new camera); `created` says whether this call made it.
+
+    One camera has one owner: `claim()` takes an exclusive lock on the directory, as
+    claiming a real camera's USB interface does, and a second process gets CameraInUse.
     """
+
+    LOCK_NAME = ".lock"
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
         self._buffers: dict[int, bytearray | mmap.mmap] = {}
         self._lock = threading.Lock()
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+        self._owner: int | None = None  # the locked file descriptor, while claimed
+        self.created = False
+        if directory is not None and not directory.is_dir():
+            if directory.exists():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
+            if not directory.parent.is_dir():
+                raise FileNotFoundError(
+                    errno.ENOENT,
+                    f"cannot create a virtual camera there: {directory.parent} does not exist",
+                    str(directory),
+                )
+            directory.mkdir()
+            self.created = True
+
+    def claim(self) -> None:
+        """Become this camera's one owner (idempotent); CameraInUse if another process is."""
+        if self.directory is None or self._owner is not None:
+            return
+        fd = os.open(self.directory / self.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_exclusive(fd)
+        except OSError:
+            os.close(fd)
+            raise CameraInUse(
+                f"the virtual camera in {self.directory} is in use by another process"
+            ) from None
+        self._owner = fd
+
+    def release(self) -> None:
+        if self._owner is not None:
+            self.flush()
+            os.close(self._owner)  # closing the descriptor drops the lock
+            self._owner = None
 
     def buffer(self, partition: Partition) -> bytearray | mmap.mmap:
         if partition.memory is Memory.RECOVERY:
@@ -297,8 +342,9 @@ class DeviceMemory:
             return bytearray(_fresh_contents(partition))
         path = self.directory / partition_file_name(partition)
         if not path.exists() or path.stat().st_size != partition.size:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(_fresh_contents(partition))
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(_fresh_contents(partition))
             os.replace(tmp, path)
         with path.open("r+b") as stream:
             return mmap.mmap(stream.fileno(), partition.size)
@@ -324,6 +370,19 @@ class DeviceMemory:
             if isinstance(buffer, mmap.mmap):
                 buffer.close()
         self._buffers.clear()
+        self.release()
+
+
+def _lock_exclusive(fd: int) -> None:
+    """A non-blocking exclusive lock on an open file; OSError when another holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # ----------------------------------------------------------------------------- the device

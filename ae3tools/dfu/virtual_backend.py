@@ -20,6 +20,7 @@ import usb.core
 from ae3tools.dfu.virtual import (
     CONFIGURATION_DESCRIPTOR,
     DEVICE_DESCRIPTOR,
+    CameraInUse,
     DeviceMemory,
     DeviceTimeout,
     Fault,
@@ -33,6 +34,7 @@ from ae3tools.dfu.virtual import (
 # libusb's codes, as pyusb's libusb1 backend reports them (libusb.h).
 LIBUSB_ERROR_NO_DEVICE = -4
 LIBUSB_ERROR_NOT_FOUND = -5
+LIBUSB_ERROR_BUSY = -6
 LIBUSB_ERROR_TIMEOUT = -7
 LIBUSB_ERROR_PIPE = -9
 HIGH_SPEED = 3  # usb.util.SPEED_HIGH
@@ -160,10 +162,14 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             device.memory.close()
 
     def claim_interface(self, dev_handle: VirtualAE3, intf: int) -> None:
-        self._call(dev_handle, lambda: None)
+        """As libusb: LIBUSB_ERROR_BUSY when another process has claimed the camera."""
+        try:
+            self._call(dev_handle, dev_handle.memory.claim)
+        except CameraInUse:
+            raise usb.core.USBError("Resource busy", LIBUSB_ERROR_BUSY, errno.EBUSY) from None
 
     def release_interface(self, dev_handle: VirtualAE3, intf: int) -> None:
-        return None
+        dev_handle.memory.release()
 
     def set_configuration(self, dev_handle: VirtualAE3, config_value: int) -> None:
         self._control(dev_handle, 0x00, 9, config_value, 0, b"", 1000)
