@@ -9,6 +9,7 @@ docs/bundle-format.md (with a JSON Schema beside it).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -18,7 +19,8 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -33,7 +35,7 @@ from ae3tools.board import (
     Role,
     partition_for_role,
 )
-from ae3tools.fileio import write_atomic
+from ae3tools.fileio import refuse_output_over_input, write_atomic
 from ae3tools.findings import (
     Ae3Error,
     Finding,
@@ -126,6 +128,7 @@ class Manifest:
     images: tuple[ManifestImage, ...]  # in flash order
     release: ReleaseInfo = ReleaseInfo()
     created_by: str = f"ae3tools {__version__}"
+    partial: bool = False  # fewer than the four images, asked for with --partial
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,7 @@ class Manifest:
             "release": self.release.as_dict(),
             "flash_order": [image.role.value for image in self.images],
             "reset_after_last": True,
+            **({"partial": True} if self.partial else {}),
             "images": [image.as_dict() for image in self.images],
         }
 
@@ -228,7 +232,7 @@ def inputs_from_directory(directory: Path) -> dict[Role, Path]:
             found[role] = directory / name
     if not found:
         names = ", ".join(str(partition_for_role(r).image_name) for r in FLASH_ORDER)
-        raise Ae3Error(f"{directory}: none of {names} found")
+        raise UsageError(f"{directory}: none of {names} found")
     return found
 
 
@@ -238,7 +242,7 @@ def collect_artifacts(inputs: Mapping[Role, Path]) -> dict[Role, Artifact]:
     if unknown:
         raise Ae3Error(f"cannot bundle {', '.join(r.name for r in unknown)}")
     if not inputs:
-        raise Ae3Error("no images given: name at least one of --hp, --he, --romfs0, --romfs1")
+        raise UsageError("no images given: name at least one of --hp, --he, --romfs0, --romfs1")
     return {role: load_artifact(path, role) for role, path in inputs.items()}
 
 
@@ -427,84 +431,119 @@ def _check_image(entry: ManifestImage, data: bytes) -> ImageReport:
 # ----------------------------------------------------------------------------- manifest
 
 
-def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    value = obj.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        _bad(f"{MANIFEST_NAME}: {where}{key} missing or not {kind.__name__}")
-    return value
+# The manifest's JSON Schema ships in the package: the one description of the format,
+# for other tools (docs/bundle-format.md) and for this reader.
+SCHEMA_NAME = "bundle-manifest.schema.json"
+_MAX_SHOWN = 200  # characters of a schema message: it may quote a huge value
+
+
+@functools.cache
+def _schema_validator() -> Any:
+    import jsonschema  # imported here: only reading a bundle needs it
+
+    schema = json.loads(resources.files("ae3tools").joinpath(SCHEMA_NAME).read_text())
+    base = jsonschema.Draft202012Validator
+    # JSON Schema counts 1.0 as an integer; a manifest written by a program never holds
+    # one, so a float where an integer belongs is refused as the wrong type.
+    strict_types = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=strict_types)(schema)
+
+
+def _schema_problem(data: Any) -> str | None:
+    """The most relevant schema violation, as "where: what", or None."""
+    import jsonschema
+
+    found = jsonschema.exceptions.best_match(_schema_validator().iter_errors(data))
+    if found is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in found.absolute_path)
+    message = found.message
+    if len(message) > _MAX_SHOWN:
+        message = message[:_MAX_SHOWN] + "..."
+    return f"{where.lstrip('.') or 'top level'}: {message}"
+
+
+def _shown(value: Any) -> str:
+    """A scalar from the manifest as JSON, cut short; a container by its kind only (it
+    may be nested thousands deep)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return json.dumps(value)[:80]
+    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
 
 
 def parse_manifest(raw: bytes) -> Manifest:
-    """Parse and check a manifest against the format and the board layout."""
+    """Parse a manifest, check it against the schema, then against the board layout."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _bad(f"{MANIFEST_NAME} is not valid JSON: {exc}")
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers malformed JSON and integers of thousands of digits;
+        # RecursionError, nesting deeper than the decoder follows.
+        reason = str(exc) or type(exc).__name__
+        _bad(f"{MANIFEST_NAME} is not valid JSON: {reason[:_MAX_SHOWN]}")
     if not isinstance(data, dict):
         _bad(f"{MANIFEST_NAME} is not a JSON object")
+    # Format and version first: a newer format deserves "upgrade", not a schema complaint.
     if data.get("format") != FORMAT:
-        _bad(f"{MANIFEST_NAME}: format is {data.get('format')!r}, not {FORMAT!r}")
+        _bad(f"{MANIFEST_NAME}: format is {_shown(data.get('format'))}, not {FORMAT!r}")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         _bad(
-            f"{MANIFEST_NAME}: format_version {version!r} is not one this ae3tools reads "
-            f"({FORMAT_VERSION}); upgrade ae3tools"
+            f"{MANIFEST_NAME}: format_version {_shown(version)} is not one this ae3tools "
+            f"reads ({FORMAT_VERSION}); upgrade ae3tools"
         )
-    if data.get("board") != BOARD_NAME:
-        _bad(f"{MANIFEST_NAME}: board {data.get('board')!r} is not {BOARD_NAME}")
-    images = _field(data, "images", list, "")
-    if not images:
-        _bad(f"{MANIFEST_NAME}: lists no images")
-    entries = [_parse_entry(item, index) for index, item in enumerate(images)]
+    problem = _schema_problem(data)
+    if problem is not None:
+        _bad(f"{MANIFEST_NAME}: {problem}")
+    entries = [_parse_entry(item, index) for index, item in enumerate(data["images"])]
     roles = [e.role for e in entries]
     if len(set(roles)) != len(roles) or len({e.file for e in entries}) != len(entries):
         _bad(f"{MANIFEST_NAME}: an image role or file is listed twice")
     if sorted(e.order for e in entries) != list(range(1, len(entries) + 1)):
         _bad(f"{MANIFEST_NAME}: image order is not 1..{len(entries)}")
-    release = data.get("release", {})
-    if not isinstance(release, dict) or not all(isinstance(v, str) for v in release.values()):
-        _bad(f"{MANIFEST_NAME}: release must map names to strings")
+    entries.sort(key=lambda e: e.order)
+    if data["flash_order"] != [e.role.value for e in entries]:
+        _bad(
+            f"{MANIFEST_NAME}: flash_order {', '.join(data['flash_order'])} contradicts the "
+            f"images' order {', '.join(e.role.value for e in entries)}"
+        )
+    release = data["release"]
     known = {
         k: release[k] for k in ("version", "build_date", "git_revision", "notes") if k in release
     }
     return Manifest(
-        tuple(sorted(entries, key=lambda e: e.order)),
-        ReleaseInfo(**known),
-        str(data.get("created_by", "")),
+        tuple(entries), ReleaseInfo(**known), data["created_by"], bool(data.get("partial"))
     )
 
 
-def _parse_entry(item: Any, index: int) -> ManifestImage:
+def _parse_entry(item: dict[str, Any], index: int) -> ManifestImage:
+    """One schema-valid image entry, checked against the board layout."""
     where = f"images[{index}]."
-    if not isinstance(item, dict):
-        _bad(f"{MANIFEST_NAME}: images[{index}] is not an object")
-    try:
-        role = Role(_field(item, "role", str, where))
-    except ValueError:
-        _bad(f"{MANIFEST_NAME}: {where}role {item.get('role')!r} is unknown")
+    role = Role(item["role"])
     if role not in FLASH_ORDER:
         _bad(f"{MANIFEST_NAME}: {where}role {role.value} cannot be bundled")
     partition = partition_for_role(role)
     entry = ManifestImage(
         role=role,
-        file=_field(item, "file", str, where),
-        alt=_field(item, "alt", int, where),
-        alt_name=_field(item, "alt_name", str, where),
-        partition_start=_field(item, "partition_start", int, where),
-        partition_size=_field(item, "partition_size", int, where),
-        length=_field(item, "length", int, where),
-        sha256=_field(item, "sha256", str, where),
-        order=_field(item, "order", int, where),
-        source=str(item.get("source", "")),
-        container=str(item.get("container", "")),
-        warnings=tuple(str(w) for w in item.get("warnings", []) or []),
+        file=item["file"],
+        alt=item["alt"],
+        alt_name=item["alt_name"],
+        partition_start=item["partition_start"],
+        partition_size=item["partition_size"],
+        length=item["length"],
+        sha256=item["sha256"],
+        order=item["order"],
+        source=item.get("source", ""),
+        container=item.get("container", ""),
+        warnings=tuple(item.get("warnings", ())),
     )
     recorded = (entry.alt, entry.alt_name, entry.partition_start, entry.partition_size)
     actual = (partition.alt, partition.name, partition.start, partition.size)
     if recorded != actual:
         _bad(
             f"{MANIFEST_NAME}: {where} says {role.value} goes to alt {entry.alt} "
-            f"{entry.alt_name} at 0x{entry.partition_start:x}+0x{entry.partition_size:x}; "
+            f"{entry.alt_name[:40]} at 0x{entry.partition_start:x}+0x{entry.partition_size:x}; "
             f"the AE3 layout has alt {partition.alt} {partition.name}"
         )
     if not 0 < entry.length <= partition.size:
@@ -522,11 +561,28 @@ def merge_inputs(explicit: Mapping[Role, Path | None], from_dir: Path | None) ->
 
 
 def write_bundle(
-    output: Path, inputs: Mapping[Role, Path], release: ReleaseInfo, *, force: bool = False
+    output: Path,
+    inputs: Mapping[Role, Path],
+    release: ReleaseInfo,
+    *,
+    force: bool = False,
+    partial: bool = False,
 ) -> WrittenBundle:
-    """Validate every input, then write the bundle atomically; nothing is written on error."""
+    """Validate every input, then write the bundle atomically; nothing is written on error.
+
+    A release has all four images; a bundle with fewer is written only when `partial`
+    says so, and its manifest records that.
+    """
+    missing = [role for role in FLASH_ORDER if role not in inputs]
+    if missing and not partial:
+        names = ", ".join(f"--{role.value}" for role in missing)
+        raise UsageError(
+            f"{output}: no image given for {names}; a release has all four images "
+            "(use --partial to bundle fewer on purpose)"
+        )
+    refuse_output_over_input(output, inputs.values())
     artifacts = collect_artifacts(inputs)
-    manifest = build_manifest(artifacts, release)
+    manifest = replace(build_manifest(artifacts, release), partial=bool(missing))
     archive = bundle_bytes(manifest, artifacts)
     write_atomic(output, archive, force=force)
     return WrittenBundle(manifest, len(archive), hashlib.sha256(archive).hexdigest())

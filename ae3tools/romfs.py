@@ -15,8 +15,9 @@ import stat
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ae3tools.board import PARTITIONS, ROMFS_ROLES, Partition
 from ae3tools.findings import (
@@ -141,12 +142,12 @@ def alignment_for(name: str, rules: Sequence[AlignmentRule]) -> int:
 
 # Names are shown escaped: printable ASCII as is (a backslash doubled), every other byte
 # as \xNN. Two different names never look alike, and no name can drive a terminal.
-_PLAIN_NAME = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+_PLAIN_BYTES = bytes(range(0x20, 0x5C)) + bytes(range(0x5D, 0x7F))
 
 
 def show_name(raw: bytes) -> str:
     """A ROMFS name as ae3tools prints it: unambiguous and free of control characters."""
-    if _PLAIN_NAME.fullmatch(raw):
+    if not raw.translate(None, _PLAIN_BYTES):
         return raw.decode("ascii")
     return "".join(
         "\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw
@@ -160,9 +161,13 @@ _HEAD_LEVELS = 8
 _TAIL_LEVELS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class RomfsEntry:
-    """A file or directory as the reader lists it (romfs §4)."""
+class RomfsEntry(NamedTuple):
+    """A file or directory as the reader lists it (romfs §4).
+
+    A named tuple, not a dataclass: a crafted image holds millions of entries, and a
+    tuple is the cheapest object Python builds. The path is not stored: `parent` links
+    to the directory, and `head` (the first levels' path) is shared with it.
+    """
 
     raw_name: bytes  # the name's bytes in the image
     type: str  # "file" or "dir"
@@ -170,10 +175,9 @@ class RomfsEntry:
     size: int  # file: data length; dir: payload bytes after the name, as ilistdir says
     data_offset: int | None = None  # file: image offset of its first data byte
     data_kind: str | None = None  # file: "verbatim" or "pointer"
-    parent: RomfsEntry | None = field(default=None, repr=False, compare=False)
+    parent: RomfsEntry | None = None
     depth: int = 1  # 1 for an entry of the root directory
-    head: str = field(default="", repr=False, compare=False)  # the first levels' path
-    tail: tuple[str, ...] = field(default=(), repr=False, compare=False)  # the last levels
+    head: str = ""  # the path of this entry's first _HEAD_LEVELS levels
 
     @classmethod
     def child(
@@ -183,44 +187,43 @@ class RomfsEntry:
         type: str,
         record_offset: int,
         size: int,
-        data_offset: int | None = None,
-        data_kind: str | None = None,
     ) -> RomfsEntry:
-        name = show_name(raw_name)
-        tail: tuple[str, ...]
         if parent is None:
-            depth, head, tail = 1, "/" + name, ()
-        elif parent.depth < _HEAD_LEVELS:
-            depth, head, tail = parent.depth + 1, f"{parent.head}/{name}", ()
-        else:  # the head string is shared with the parent, not copied
-            depth, head = parent.depth + 1, parent.head
-            tail = (*parent.tail, name)[-_TAIL_LEVELS:]
-        return cls(
-            raw_name, type, record_offset, size, data_offset, data_kind, parent, depth, head, tail
-        )
+            return cls(
+                raw_name, type, record_offset, size, None, None, None, 1, "/" + show_name(raw_name)
+            )
+        depth = parent.depth + 1
+        head = f"{parent.head}/{show_name(raw_name)}" if depth <= _HEAD_LEVELS else parent.head
+        return cls(raw_name, type, record_offset, size, None, None, parent, depth, head)
 
     @property
     def name(self) -> str:
         return show_name(self.raw_name)
 
+    def _last_names(self, count: int) -> list[str]:
+        names: list[str] = []
+        entry: RomfsEntry | None = self
+        while entry is not None and len(names) < count:
+            names.append(entry.name)
+            entry = entry.parent
+        return names[::-1]
+
     @property
     def shown_path(self) -> str:
         """The path as printed: exact up to 16 levels, the middle elided below that."""
-        hidden = self.depth - _HEAD_LEVELS - len(self.tail)
-        middle = f"/\u2026[{hidden} levels]\u2026" if hidden > 0 else ""
-        return self.head + middle + "".join("/" + part for part in self.tail)
+        if self.depth <= _HEAD_LEVELS:
+            return self.head
+        shown = min(self.depth - _HEAD_LEVELS, _TAIL_LEVELS)
+        hidden = self.depth - _HEAD_LEVELS - shown
+        middle = f"/\u2026[{hidden} levels]\u2026" if hidden else ""
+        return self.head + middle + "".join("/" + n for n in self._last_names(shown))
 
     @property
     def path(self) -> str:
         """The full path ("/lib/mod.py"), names escaped; costs the depth for deep ones."""
-        if self.depth <= _HEAD_LEVELS + len(self.tail):
+        if self.depth <= _HEAD_LEVELS + _TAIL_LEVELS:
             return self.shown_path
-        names = []
-        entry: RomfsEntry | None = self
-        while entry is not None:
-            names.append(entry.name)
-            entry = entry.parent
-        return "/" + "/".join(reversed(names))
+        return "/" + "/".join(self._last_names(self.depth))
 
     def parts(self) -> list[bytes]:
         """The raw names from the root down to this entry."""
@@ -275,14 +278,28 @@ class RomfsImage:
         return self.image_size - self.header.total_size if self.header else 0
 
 
-@dataclass
 class _Frame:
-    """A directory being walked: where its next child is, where it ends."""
+    """A directory being walked: where its next child is, where it ends, which names it
+    has had. The set is made only at the second child: a chain of a million nested
+    directories has a million frames alive at once."""
 
-    pos: int
-    end: int
-    entry: RomfsEntry | None  # None for the root
-    seen: set[bytes] = field(default_factory=set)
+    __slots__ = ("end", "entry", "first", "pos", "seen")
+
+    def __init__(self, pos: int, end: int, entry: RomfsEntry | None) -> None:
+        self.pos, self.end, self.entry = pos, end, entry
+        self.first: bytes | None = None
+        self.seen: set[bytes] | None = None
+
+    def has(self, name: bytes) -> bool:
+        return name in self.seen if self.seen is not None else name == self.first
+
+    def remember(self, name: bytes) -> None:
+        if self.seen is not None:
+            self.seen.add(name)
+        elif self.first is None:
+            self.first = name
+        else:
+            self.seen = {self.first, name}
 
 
 @dataclass
@@ -302,10 +319,11 @@ class _Walk:
     def add(
         self, code: str, severity: Severity, message: str, where: RomfsEntry | None, offset: int
     ) -> None:
-        if self.log.wants(code):
-            self.log.add(Finding(code, severity, message, _where(where, offset)))
+        log = self.log
+        if log.counts[code] >= log.cap:  # past the cap: count only, build nothing
+            log.counts[code] += 1
         else:
-            self.log.note(code, severity, 1)
+            log.add(Finding(code, severity, message, _where(where, offset)))
 
 
 def is_romfs(data: bytes | memoryview) -> bool:
@@ -511,6 +529,11 @@ def _meaning(kind: int, in_file: bool, *, empty: bool) -> _Meaning:
     return _unknown(kind)
 
 
+# The meanings of the one-byte kinds, looked up rather than built per record.
+_IN_DIRECTORY = [_meaning(kind, False, empty=False) for kind in range(0x80)]
+_IN_FILE = [_meaning(kind, True, empty=False) for kind in range(0x80)]
+
+
 def _walk_records(walk: _Walk) -> None:
     """Depth-first over the tree with an explicit stack (images may nest to any depth)."""
     buf = walk.buf
@@ -563,7 +586,7 @@ def _walk_records(walk: _Walk) -> None:
                 else:
                     _read_file(walk, parent, raw, record_start, children, record_end)
             else:
-                meaning = _meaning(kind, False, empty=False)
+                meaning = _IN_DIRECTORY[kind] if kind < 0x80 else _meaning(kind, False, empty=False)
                 if meaning is not None:
                     walk.add(*meaning, parent, record_start)
         frame.pos = pos
@@ -586,9 +609,9 @@ def _read_name(
         walk.add(*_NO_NAME, parent.entry, offset)
         return None
     raw = walk.buf[pos : pos + name_len]
-    if not _ORDINARY_NAME.fullmatch(raw) or raw in (b".", b"..") or raw in parent.seen:
+    if not raw or raw.translate(None, _ORDINARY_BYTES) or raw in (b".", b"..") or parent.has(raw):
         _check_name(walk, parent, raw, offset)
-    parent.seen.add(raw)
+    parent.remember(raw)
     return raw, pos + name_len
 
 
@@ -617,7 +640,7 @@ def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
         )
     elif not raw.isascii():
         add("ROMFS_NAME_NOT_ASCII", Severity.WARNING, f"name '{shown}' is not ASCII")
-    if raw in parent.seen:
+    if parent.has(raw):
         add(
             "ROMFS_NAME_DUPLICATE",
             Severity.ERROR,
@@ -626,8 +649,8 @@ def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
 
 
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-# A name that earns no finding by its bytes alone: printable ASCII, no '/', not empty.
-_ORDINARY_NAME = re.compile(rb"[\x20-\x2e\x30-\x7e]+")
+# The bytes of a name that earns no finding by its bytes alone: printable ASCII, no '/'.
+_ORDINARY_BYTES = bytes(range(0x20, 0x2F)) + bytes(range(0x30, 0x7F))
 
 
 def _read_file(
@@ -679,7 +702,7 @@ def _read_file(
                 walk.blob_starts.append(body)
                 walk.blob_ends.append(record_end)
         else:
-            meaning = _meaning(kind, True, empty=False)
+            meaning = _IN_FILE[kind] if kind < 0x80 else _meaning(kind, True, empty=False)
             if meaning is not None:
                 walk.add(*meaning, entry, record_start)
     if content is None:
@@ -700,7 +723,7 @@ def _read_file(
             offset,
         )
     size, data_offset, data_kind, _ = content
-    walk.entries.append(replace(entry, size=size, data_offset=data_offset, data_kind=data_kind))
+    walk.entries.append(entry._replace(size=size, data_offset=data_offset, data_kind=data_kind))
 
 
 def _read_pointer(

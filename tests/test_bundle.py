@@ -27,7 +27,7 @@ from tests.conftest import FIXTURES, ROOT
 from tests.fullsize import make_full_size_set
 
 GOOD = FIXTURES / "good"
-SCHEMA = json.loads((ROOT / "docs" / "bundle-manifest.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "ae3tools" / "bundle-manifest.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,7 @@ def test_containers_are_normalised_to_partition_bytes(tmp_path: Path) -> None:
             Role.HE: FIXTURES / "containers" / "firmware_M55_HE.dfu",
         },
         ReleaseInfo(),
+        partial=True,
     )
     stored = members(out)
     assert stored["firmware_M55_HP.bin"] == (GOOD / "firmware_M55_HP.bin").read_bytes()
@@ -118,9 +119,9 @@ def test_containers_are_normalised_to_partition_bytes(tmp_path: Path) -> None:
 def test_an_error_means_no_bundle(tmp_path: Path) -> None:
     out = tmp_path / "b.zip"
     with pytest.raises(Ae3Error, match=r"HE firmware.*no bundle written"):
-        write_bundle(out, {Role.HP: GOOD / "firmware_M55_HE.bin"}, ReleaseInfo())
+        write_bundle(out, {Role.HP: GOOD / "firmware_M55_HE.bin"}, ReleaseInfo(), partial=True)
     with pytest.raises(Ae3Error, match="ROMFS image"):
-        write_bundle(out, {Role.HE: GOOD / "romfs1.img"}, ReleaseInfo())
+        write_bundle(out, {Role.HE: GOOD / "romfs1.img"}, ReleaseInfo(), partial=True)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -238,7 +239,7 @@ def test_not_a_zip_and_missing_file(tmp_path: Path, cli) -> None:
         read_bundle(junk)
     assert cli("verify", junk).code == 1
     result = cli("verify", tmp_path / "gone.zip")
-    assert result.code == 1 and "gone.zip: no such file" in result.err
+    assert result.code == 2 and "gone.zip: no such file" in result.err
 
 
 @settings(
@@ -270,7 +271,7 @@ def test_byte_flips_are_caught_or_harmless(
 def test_bundle_and_verify_commands(cli, tmp_path: Path) -> None:
     out = tmp_path / "b.zip"
     result = cli(
-        "bundle", "--from", GOOD, "--version", "v4.7.0", "--git-revision", "abc123", "-o", out
+        "bundle", "--from", GOOD, "--release", "v4.7.0", "--git-revision", "abc123", "-o", out
     )
     assert result.code == 0 and "verified" in result.out
     assert cli("bundle", "--from", GOOD, "-o", out).code == 2  # exists
@@ -293,28 +294,48 @@ def test_bundle_json_reports_the_archive_digest(cli, tmp_path: Path) -> None:
 def test_bundle_subset_and_explicit_override(cli, tmp_path: Path) -> None:
     out = tmp_path / "hp.zip"
     assert (
-        cli("bundle", "--hp", FIXTURES / "containers" / "firmware_M55_HP.hex", "-o", out).code == 0
+        cli(
+            "bundle",
+            "--hp",
+            FIXTURES / "containers" / "firmware_M55_HP.hex",
+            "-o",
+            out,
+            "--partial",
+        ).code
+        == 0
     )
     assert [i.role for i in read_bundle(out)] == [Role.HP]
+    assert manifest_of(out)["partial"] is True
+
+
+def test_bundle_of_fewer_than_four_images_must_be_asked_for(cli, tmp_path: Path) -> None:
+    out = tmp_path / "hp.zip"
+    result = cli("bundle", "--hp", GOOD / "firmware_M55_HP.bin", "-o", out)
+    assert (
+        result.code == 2 and "--he, --romfs1, --romfs0" in result.err and "--partial" in result.err
+    )
+    assert not out.exists()
+    full = tmp_path / "full.zip"
+    assert cli("bundle", "--from", GOOD, "-o", full).code == 0
+    assert "partial" not in manifest_of(full)
 
 
 def test_bundle_refusals_are_one_line(cli, tmp_path: Path) -> None:
-    result = cli("bundle", "--hp", GOOD / "firmware_M55_HE.bin", "-o", tmp_path / "x.zip")
+    result = cli(
+        "bundle", "--hp", GOOD / "firmware_M55_HE.bin", "-o", tmp_path / "x.zip", "--partial"
+    )
     assert result.code == 1 and "firmware_M55_HE.bin" in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert not (tmp_path / "x.zip").exists()
-    assert cli("bundle", "-o", tmp_path / "x.zip").code == 1
-    assert cli("bundle", "--from", tmp_path, "-o", tmp_path / "x.zip").code == 1
-    assert cli("bundle", "--hp", tmp_path / "nope.bin").code == 2
+    assert cli("bundle", "-o", tmp_path / "x.zip", "--partial").code == 2
+    assert cli("bundle", "--from", tmp_path, "-o", tmp_path / "x.zip").code == 2
+    assert cli("bundle", "--hp", tmp_path / "nope.bin", "--partial").code == 2
 
 
 def test_build_date_now_honours_source_date_epoch(cli, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     out = tmp_path / "b.zip"
-    assert (
-        cli("bundle", "--hp", GOOD / "firmware_M55_HP.bin", "--build-date", "now", "-o", out).code
-        == 0
-    )
+    assert cli("bundle", "--from", GOOD, "--build-date", "now", "-o", out).code == 0
     assert manifest_of(out)["release"]["build_date"] == "2023-11-14T22:13:20+00:00"
 
 

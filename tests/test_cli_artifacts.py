@@ -115,7 +115,9 @@ def test_romfs_build_extract_round_trip(cli, tmp_path: Path) -> None:
 def test_romfs_build_too_big_for_partition(cli, tmp_path: Path) -> None:
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "big.bin").write_bytes(bytes(1024 * 1024))
-    result = cli("romfs", "build", tmp_path / "tree", "-o", tmp_path / "x.img", "--partition", "romfs1")
+    result = cli(
+        "romfs", "build", tmp_path / "tree", "-o", tmp_path / "x.img", "--partition", "romfs1"
+    )
     assert result.code == 1 and "ROMFS1" in result.err
     assert not (tmp_path / "x.img").exists()
 

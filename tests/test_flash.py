@@ -113,14 +113,16 @@ def test_bad_bundle_never_reaches_usb(cli, tmp_path: Path) -> None:
     camera = tmp_path / "cam"
     result = cli("flash", broken, "--virtual", camera)
     assert result.code == 1 and "not a readable zip" in result.err and not camera.exists()
-    assert cli("flash", tmp_path / "missing.zip", "--virtual", camera).code == 1
+    assert cli("flash", tmp_path / "missing.zip", "--virtual", camera).code == 2
     assert not camera.exists()
 
 
 def test_only_rejects_unknown_or_absent_roles(cli, bundle: Path, tmp_path: Path) -> None:
     assert cli("flash", bundle, "--only", "toc", "--dry-run").code == 2
     hp_only = tmp_path / "hp.zip"
-    write_bundle(hp_only, {Role.HP: FIXTURES / "good" / "firmware_M55_HP.bin"}, ReleaseInfo())
+    write_bundle(
+        hp_only, {Role.HP: FIXTURES / "good" / "firmware_M55_HP.bin"}, ReleaseInfo(), partial=True
+    )
     result = cli("flash", hp_only, "--only", "romfs0", "--dry-run")
     assert result.code == 2 and "does not hold" in result.err
 

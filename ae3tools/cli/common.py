@@ -123,5 +123,5 @@ def print_columns(
     aligned = [str.rjust if h in right else str.ljust for h in headers]
     write = sys.stdout.write
     for row in table:
-        cells = [align(cell, width) for align, cell, width in zip(aligned, row, widths)]
+        cells = [align(c, w) for align, c, w in zip(aligned, row, widths, strict=True)]
         write("  ".join(cells).rstrip() + "\n")

@@ -115,7 +115,9 @@ def bundle(
         None, "--from", help="Build directory with OpenMV's usual file names."
     ),
     output: Path = typer.Option(Path("bundle.zip"), "--output", "-o", help="Bundle to write."),
-    version: str | None = typer.Option(None, "--version", help="Release version, e.g. v4.7.0."),
+    release_version: str | None = typer.Option(
+        None, "--release", metavar="VERSION", help="Release version to record, e.g. v4.7.0."
+    ),
     build_date: str | None = typer.Option(
         None,
         "--build-date",
@@ -123,6 +125,9 @@ def bundle(
     ),
     git_revision: str | None = typer.Option(None, "--git-revision", help="Git revision to record."),
     notes: str | None = typer.Option(None, "--notes", help="Free text to record."),
+    partial: bool = typer.Option(
+        False, "--partial", help="Allow a bundle with fewer than the four images (recorded)."
+    ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -131,13 +136,13 @@ def bundle(
     Every image is checked for its role first; a bundle with an error is never written.
     Intel HEX and DFU-suffixed inputs are stored as the exact partition bytes.
 
-    Example: ae3tools bundle --from build/ --version v4.7.0 -o ae3-v4.7.0.zip
+    Example: ae3tools bundle --from build/ --release v4.7.0 -o ae3-v4.7.0.zip
     """
     inputs = merge_inputs(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
     )
-    release = ReleaseInfo(version, resolve_build_date(build_date), git_revision, notes)
-    written = write_bundle(output, inputs, release, force=force)
+    release = ReleaseInfo(release_version, resolve_build_date(build_date), git_revision, notes)
+    written = write_bundle(output, inputs, release, force=force, partial=partial)
     report = open_bundle(output)  # read back what was written, through the one reader
     if as_json:
         emit_json({**report_json(report), "bundle_sha256": written.sha256, "size": written.size})

@@ -1,0 +1,177 @@
+"""Time and peak memory of the ROMFS and Intel HEX readers on hostile inputs (issue 8).
+
+Each shape is built at about the size of the largest partition (ROMFS0, 24 MiB), then
+read in a fresh process through the same path `ae3tools verify` and `romfs ls` take,
+so the peak RSS is that of one run. Not a test: it prints a table of figures.
+
+    .venv/bin/python scripts/bench_hostile.py [--mib N] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ae3tools.romfs import encode_vint
+
+MAGIC = b"\xd2\xcd\x31"
+
+
+def filesystem(payload: bytes) -> bytes:
+    return MAGIC + encode_vint(len(payload)) + payload
+
+
+def record(kind: int, payload: bytes) -> bytes:
+    return encode_vint(kind) + encode_vint(len(payload)) + payload
+
+
+def deep_directories(size: int) -> bytes:
+    """Directories nested as deep as the size allows: /d/d/d/.../leaf."""
+    leaf = record(5, b"\x04leaf" + record(2, b"x"))
+    lengths, inner = [], len(leaf)
+    while inner < size:
+        lengths.append(inner)
+        inner += len(encode_vint(4)) + len(encode_vint(inner + 2)) + 2
+    heads = [encode_vint(4) + encode_vint(n + 2) + b"\x01d" for n in reversed(lengths)]
+    return filesystem(b"".join(heads) + leaf)
+
+
+def names(count: int) -> list[bytes]:
+    alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789"
+    width, total = 1, len(alphabet)
+    while total < count:
+        width, total = width + 1, total * len(alphabet)
+    out = []
+    for i in range(count):
+        digits = bytearray()
+        for _ in range(width):
+            i, r = divmod(i, len(alphabet))
+            digits.append(alphabet[r])
+        out.append(bytes(digits))
+    return out
+
+
+def pointer_files(size: int) -> bytes:
+    """Files whose content is a DATA_POINTER into shared data: the overlap check."""
+    shared = record(2, bytes(64))
+    files = []
+    total = len(shared)
+    for name in names(size // 14):
+        entry = record(5, bytes([len(name)]) + name + record(3, encode_vint(8) + encode_vint(4)))
+        total += len(entry)
+        if total > size:
+            break
+        files.append(entry)
+    return filesystem(shared + b"".join(files))
+
+
+def repeated(unit: bytes) -> Callable[[int], bytes]:
+    def make(size: int) -> bytes:
+        return filesystem(unit * (size // len(unit)))
+
+    return make
+
+
+def many_files(size: int) -> bytes:
+    """A legitimate image: 100,000 files of about 220 bytes, in a few directories."""
+    count = 100_000
+    body = size // count - 24
+    dirs = []
+    for d, chunk in enumerate(range(0, count, 10_000)):
+        files = b"".join(
+            record(5, bytes([len(n)]) + n + record(2, bytes([d]) * body))
+            for n in names(10_000)
+        )
+        name = f"dir{d}".encode()
+        dirs.append(record(4, bytes([len(name)]) + name + files))
+    return filesystem(b"".join(dirs))
+
+
+def intel_hex(size: int) -> bytes:
+    """A ROMFS0-sized image as Intel HEX at its XIP address (0xA0800000)."""
+    from ae3tools.board import Role, partition_for_role
+
+    base = partition_for_role(Role.ROMFS0).cpu_address
+    assert base is not None
+    data = repeated(b"\x01\x00")(size)
+    lines = []
+    for offset in range(0, len(data), 16):
+        address = base + offset
+        if offset % 0x10000 == 0:
+            upper = (address >> 16).to_bytes(2, "big")
+            lines.append(_hex_record(0, 4, upper))
+        lines.append(_hex_record(address & 0xFFFF, 0, data[offset : offset + 16]))
+    lines.append(b":00000001FF")
+    return b"\n".join(lines) + b"\n"
+
+
+def _hex_record(address: int, kind: int, payload: bytes) -> bytes:
+    raw = bytes([len(payload)]) + address.to_bytes(2, "big") + bytes([kind]) + payload
+    return b":" + (raw + bytes([-sum(raw) & 0xFF])).hex().upper().encode()
+
+
+SHAPES: dict[str, tuple[Callable[[int], bytes], str]] = {
+    "deep directories": (deep_directories, "img"),
+    "DATA_POINTER files": (pointer_files, "img"),
+    "2-byte padding": (repeated(b"\x01\x00"), "img"),
+    "3-byte padding": (repeated(b"\x01\x01\x00"), "img"),
+    "unknown kinds": (repeated(b"\x07\x00\x01\x00\x09\x01\x00"), "img"),
+    "kind-0 records": (repeated(b"\x00\x00"), "img"),
+    "100,000 files": (many_files, "img"),
+    "Intel HEX ROMFS0": (intel_hex, "hex"),
+}
+
+
+def measure(command: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MB of the child, and its exit status."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) / 1024, done.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=float, default=24.0, help="input size (default 24)")
+    parser.add_argument("--only", help="run only the shape whose name contains this")
+    args = parser.parse_args()
+    size = int(args.mib * (1 << 20))
+    ae3tools = str(Path(sys.executable).with_name("ae3tools"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (make, suffix) in SHAPES.items():
+            if args.only and args.only.lower() not in name.lower():
+                continue
+            path = Path(tmp) / f"shape.{suffix}"
+            path.write_bytes(make(size))
+            if suffix == "img":
+                commands = {
+                    "romfs ls": [ae3tools, "romfs", "ls", str(path)],
+                    "ls --json": [ae3tools, "romfs", "ls", "--json", str(path)],
+                }
+            else:
+                commands = {"inspect": [ae3tools, "inspect", "--json", str(path)]}
+            for label, command in commands.items():
+                seconds, peak, status = measure(command)
+                rows.append((name, path.stat().st_size, label, seconds, peak, status))
+                print(
+                    f"{name:<20} {path.stat().st_size / (1 << 20):6.1f} MiB  {label:<10}"
+                    f" {seconds:6.2f} s  peak {peak:6.0f} MB  exit {status}",
+                    flush=True,
+                )
+    worst_time = max(r[3] for r in rows)
+    worst_memory = max(r[4] for r in rows)
+    print(json.dumps({"worst_seconds": round(worst_time, 2), "worst_peak_mb": round(worst_memory)}))
+
+
+if __name__ == "__main__":
+    main()
