@@ -31,14 +31,28 @@ class DfuSuffix:
 
 
 def has_suffix(data: bytes) -> bool:
-    return len(data) >= SUFFIX_LENGTH and data[-8:-5] == SIGNATURE and data[-5] == SUFFIX_LENGTH
+    """Whether the file ends like a DFU suffix: the "UFD" signature at its place.
+
+    The length byte is checked by split_suffix, not here: a file with the signature and
+    another length is refused, never flashed with its suffix bytes as data.
+    """
+    return len(data) >= SUFFIX_LENGTH and data[-8:-5] == SIGNATURE
 
 
 def split_suffix(data: bytes) -> tuple[bytes, DfuSuffix, list[Finding]]:
     """Strip a DFU suffix, checking its CRC and that its IDs allow the AE3 bootloader."""
-    bcd_device, pid, vid, bcd_dfu, _, _, crc = _LAYOUT.unpack(data[-SUFFIX_LENGTH:])
+    bcd_device, pid, vid, bcd_dfu, _, length, crc = _LAYOUT.unpack(data[-SUFFIX_LENGTH:])
     suffix = DfuSuffix(bcd_device, pid, vid, bcd_dfu, crc)
     findings = []
+    if length != SUFFIX_LENGTH:
+        # dfu-util refuses such a file too ("Unsupported DFU suffix length").
+        findings.append(
+            error(
+                "DFU_SUFFIX_LENGTH",
+                f"DFU suffix length byte is {length}, not {SUFFIX_LENGTH}: "
+                "not a suffix dfu-util or ae3tools can read",
+            )
+        )
     computed = _jamcrc(data[:-4])
     if computed != crc:
         findings.append(

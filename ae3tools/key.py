@@ -12,12 +12,12 @@ def make_key_file() -> bytes:
 
 
 def looks_like_key(data: bytes) -> bool:
-    """A key file's shape: 16 key bytes then zeros, 4096 bytes in all."""
-    return (
-        len(data) == RECOVERY_KEY_FILE_SIZE
-        and any(data[: len(RECOVERY_KEY)])
-        and not any(data[len(RECOVERY_KEY) :])
-    ) or data[: len(RECOVERY_KEY)] == RECOVERY_KEY
+    """Whether the file starts with the AE3 recovery key itself.
+
+    Shape alone (4096 bytes, mostly zeros) is not enough: a small firmware image can
+    look like that. A file with another key is recognised only when offered as a key.
+    """
+    return data[: len(RECOVERY_KEY)] == RECOVERY_KEY
 
 
 def check_key(data: bytes) -> list[Finding]:
@@ -38,7 +38,15 @@ def check_key(data: bytes) -> list[Finding]:
                 f"{RECOVERY_KEY.hex()}",
             )
         )
-    elif len(data) != RECOVERY_KEY_FILE_SIZE:
+    elif any(data[len(RECOVERY_KEY) :]):
+        findings.append(
+            warning(
+                "KEY_TRAILING_DATA",
+                "bytes after the 16-byte key are not zero; OpenMV's key.bin is zeros there "
+                "(the bootloader reads only the key)",
+            )
+        )
+    if not findings and len(data) != RECOVERY_KEY_FILE_SIZE:
         findings.append(
             warning(
                 "KEY_SIZE",

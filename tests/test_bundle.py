@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import stat
 import zipfile
@@ -190,6 +191,54 @@ HOSTILE = {
         lambda b: [(n, d + b"\0" if n == "romfs0.img" else d) for n, d in entries_of(b)],
         "manifest says",
     ),
+    # The manifest against its schema: type errors are reported as such (issue 8).
+    "wrong type": (
+        lambda b: with_manifest(b, lambda m: m["images"][0].update(warnings=5)),
+        "images[0].warnings: 5 is not of type 'array'",
+    ),
+    "deep JSON": (
+        lambda b: [(MANIFEST_NAME, b"[" * 100_000 + b"]" * 100_000), *entries_of(b)[1:]],
+        "not valid JSON",
+    ),
+    "huge number": (
+        lambda b: [
+            (MANIFEST_NAME, b'{"format_version": ' + b"9" * 5000 + b"}"),
+            *entries_of(b)[1:],
+        ],
+        "not valid JSON",
+    ),
+    "upper-case sha256": (
+        lambda b: with_manifest(
+            b, lambda m: m["images"][0].update(sha256=m["images"][0]["sha256"].upper())
+        ),
+        "images[0].sha256",
+    ),
+    "float version": (
+        lambda b: with_manifest(b, lambda m: m.update(format_version=1.0)),
+        "format_version 1.0",
+    ),
+    "missing key": (
+        lambda b: with_manifest(b, lambda m: m.pop("flash_order")),
+        "'flash_order' is a required property",
+    ),
+    "no reset": (
+        lambda b: with_manifest(b, lambda m: m.update(reset_after_last=False)),
+        "reset_after_last",
+    ),
+    "dot-slash name": (
+        lambda b: with_manifest(
+            b, lambda m: m["images"][0].update(file="./" + m["images"][0]["file"])
+        ),
+        "images[0].file",
+    ),
+    "NUL in name": (
+        lambda b: with_manifest(b, lambda m: m["images"][0].update(file="hp\u0000.bin")),
+        "images[0].file",
+    ),
+    "order contradicts flash_order": (
+        lambda b: with_manifest(b, lambda m: m.update(flash_order=m["flash_order"][::-1])),
+        "contradicts",
+    ),
 }
 
 
@@ -199,10 +248,12 @@ def test_hostile_archives_are_refused(case: str, good_bundle: Path, tmp_path: Pa
     make, words = HOSTILE[case]
     hostile = rezip(tmp_path / "hostile.zip", make(good_bundle))
     before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(Ae3Error, match=words):
+    with pytest.raises(Ae3Error, match=re.escape(words)):
         read_bundle(hostile)
     result = cli("verify", hostile)
     assert result.code == 1 and words.split()[0] in result.out
+    report = json.loads(cli("verify", "--json", hostile).out)
+    assert report["ok"] is False
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 

@@ -562,6 +562,40 @@ def test_same_configuration_again_is_ignored() -> None:
     assert dev.present and dev.control(Setup(0x80, 8, 0, 0, 1)) == b"\x01"
 
 
+# ------------------------------------------------------------------ §13.3 standard requests
+
+
+def test_get_status_to_the_interface_stalls() -> None:
+    dev = device()
+    with pytest.raises(Stall):
+        dev.control(Setup(0x81, 0, 0, 0, 2))  # SETUP 81 00 00 00 00 00 02 00
+    assert dev.control(Setup(0x80, 0, 0, 0, 2)) == b"\x00\x00"  # the device still answers
+    assert dev.present
+
+
+def test_remote_wakeup_feature_is_accepted_and_reported() -> None:
+    dev = device()
+    dev.control(Setup(0x00, 3, 1, 0, 0))  # SET_FEATURE(DEVICE_REMOTE_WAKEUP)
+    assert dev.control(Setup(0x80, 0, 0, 0, 2)) == b"\x02\x00"
+    dev.control(Setup(0x00, 1, 1, 0, 0))  # CLEAR_FEATURE(DEVICE_REMOTE_WAKEUP)
+    assert dev.control(Setup(0x80, 0, 0, 0, 2)) == b"\x00\x00"
+    with pytest.raises(Stall):
+        dev.control(Setup(0x00, 3, 2, 0, 0))  # TEST_MODE: CFG_TUD_TEST_MODE is not set
+
+
+@pytest.mark.parametrize("value", [2, 7, 255])
+def test_another_configuration_value_is_taken_and_resets_dfu(value: int) -> None:
+    dev = device()
+    set_alt(dev, 3)
+    dnload(dev, 0, bytes(16))  # DNLOAD_SYNC with a block pending
+    dev.control(Setup(0x00, 9, value, 0, 0))
+    assert dev.present  # tud_mounted() stays true: the bootloader does not leave
+    assert dev.control(Setup(0x80, 8, 0, 0, 1)) == bytes([value])
+    assert dev.control(Setup(0x81, 10, 0, 0, 1)) == b"\x00"  # back to alt 0
+    assert status(dev).state is State.IDLE
+    assert descriptor(dev, 2)[5] == 1  # the same descriptor, whatever index is asked
+
+
 # ------------------------------------------------------------------ §11 timing model
 
 

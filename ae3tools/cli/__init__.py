@@ -43,15 +43,19 @@ def _fail(
     sys.exit(code)
 
 
-def _quiet_flags(command: Any) -> None:
+def _quiet_flags(command: Any, parent: Any = None) -> None:
     """Show flags as flags in help: no `<bool>` placeholder after --json or --help, which
-    reads as if a value were needed."""
-    context = command.context_class(command)
+    reads as if a value were needed. The help option is made in a context chained like
+    the real one, so it keeps the app's names (-h and --help)."""
+    context = command.context_class(command, parent=parent, **command.context_settings)
     for param in [*command.params, command.get_help_option(context)]:
-        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
+        if param is None or param.metavar is not None:
+            continue
+        # A flag takes no value; any other option or argument is named by what it holds,
+        # in capitals (FILE, SERIAL), instead of a type in angle brackets.
+        param.metavar = "" if getattr(param, "is_flag", False) else str(param.name).upper()
     for sub in getattr(command, "commands", {}).values():
-        _quiet_flags(sub)
+        _quiet_flags(sub, context)
 
 
 def _is_click_error(exc: BaseException) -> bool:

@@ -48,7 +48,7 @@ app = typer.Typer(
     help="Build, check, bundle and flash OpenMV AE3 firmware artifacts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 

@@ -49,6 +49,14 @@ UDEV_RULE = (
     f'ATTRS{{idProduct}}=="{BOOTLOADER_PID:04x}", MODE="0660", TAG+="uaccess"'
 )
 
+# The bootloader has no BOS or Microsoft OS descriptors (spec §1.1), so Windows binds no
+# driver by itself.
+NO_DRIVER = "the camera's bootloader has no USB driver bound (on Windows it needs WinUSB)"
+NO_DRIVER_HINT = (
+    "Install OpenMV IDE once (it installs a signed driver for 37c5:96e3), or bind WinUSB "
+    "to 'OpenMV Camera (DFU Mode)' with Zadig, then run this again."
+)
+
 Progress = Callable[[int], None]  # bytes done so far in the current transfer
 
 
@@ -291,6 +299,10 @@ class DfuSession:
             return action()
         except usb.core.USBError as exc:
             raise describe_usb_error(exc, where, self.timeout_ms) from None
+        except NotImplementedError:
+            # pyusb's translation of LIBUSB_ERROR_NOT_SUPPORTED: on Windows, no WinUSB
+            # driver is bound to the bootloader.
+            raise DeviceError(f"{where}: {NO_DRIVER}", hint=NO_DRIVER_HINT) from None
 
     def _out(
         self,

@@ -123,11 +123,16 @@ class DfuStatus:
 # USB standard requests and descriptor types (USB 2.0 §9.4) that the bootloader answers.
 class StdRequest(IntEnum):
     GET_STATUS = 0
+    CLEAR_FEATURE = 1
+    SET_FEATURE = 3
     GET_DESCRIPTOR = 6
     GET_CONFIGURATION = 8
     SET_CONFIGURATION = 9
     GET_INTERFACE = 10
     SET_INTERFACE = 11
+
+
+DEVICE_REMOTE_WAKEUP = 1  # USB 2.0 table 9-6, the one device feature the bootloader takes
 
 
 class DescriptorType(IntEnum):

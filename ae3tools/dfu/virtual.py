@@ -39,6 +39,7 @@ from ae3tools.board import (
     partition_for_role,
 )
 from ae3tools.dfu.protocol import (
+    DEVICE_REMOTE_WAKEUP,
     DescriptorType,
     DfuStatus,
     Request,
@@ -461,6 +462,7 @@ class VirtualAE3:
         self.exit_reason: str | None = None  # why the bootloader left, once it has
         self.hung = False
         self.configuration = 1  # §8.1 phase A: the OS configures it at once
+        self.remote_wakeup = False  # §13.3: SET_FEATURE(DEVICE_REMOTE_WAKEUP) sets it
         self.boot_mode = BootMode.DETACHED
         # Plugged in (and enumerated: §8.1 phase A) `plug_delay` seconds from now.
         self.configured_at = clock() + plug_delay
@@ -561,15 +563,31 @@ class VirtualAE3:
         if request == StdRequest.GET_DESCRIPTOR and setup.recipient == 0:
             return self._descriptor(setup.value >> 8, setup.value & 0xFF)[: setup.length]
         if request == StdRequest.GET_STATUS:
-            return bytes(2)[: setup.length]
+            if setup.recipient == 1:
+                raise Stall("GET_STATUS to the interface")  # §13.3: the class driver stalls
+            wakeup = 2 if self.remote_wakeup and setup.recipient == 0 else 0
+            return bytes([wakeup, 0])[: setup.length]
+        if request in (StdRequest.SET_FEATURE, StdRequest.CLEAR_FEATURE) and setup.recipient == 0:
+            # §13.3: remote wakeup is set or cleared although bmAttributes does not
+            # advertise it; every other device feature (TEST_MODE included) stalls.
+            if setup.value != DEVICE_REMOTE_WAKEUP:
+                raise Stall("unsupported device feature")
+            self.remote_wakeup = request == StdRequest.SET_FEATURE
+            return b""
         if request == StdRequest.SET_CONFIGURATION and setup.recipient == 0:
             value = setup.value & 0xFF
+            if value == self.configuration:
+                return b""  # a SET_CONFIGURATION that changes nothing is ignored (§9 step 5)
             if value == 0:
                 self.configuration = 0
                 self.leave("SET_CONFIGURATION(0)")  # §8.3
-            elif value != 1:
-                raise Stall("no such configuration")
-            return b""  # a SET_CONFIGURATION that changes nothing is ignored (§9 step 5)
+                return b""
+            # §13.3: any value 1-255 is taken; OpenMV's descriptor callback ignores the
+            # index, so the same configuration opens, after every class driver was reset.
+            self.configuration = value
+            self.alt = 0
+            self._reset_dfu()
+            return b""
         if request == StdRequest.GET_CONFIGURATION and setup.recipient == 0:
             return bytes([self.configuration])[: setup.length]
         if setup.recipient == 1 and setup.index == 0:
