@@ -99,8 +99,14 @@ def test_build_of_a_very_deep_tree_does_not_recurse(tmp_path: Path) -> None:
         here = here / "d"
         here.mkdir()
     (here / "leaf.txt").write_bytes(b"deep")
-    parsed = parse_romfs(build_romfs(top))
-    assert parsed.ok and parsed.files[0].depth == 1101
+    try:
+        parsed = parse_romfs(build_romfs(top))
+        assert parsed.ok and parsed.files[0].depth == 1101
+    finally:  # shutil.rmtree (pytest's clean-up) recurses per level: unwind by hand
+        (here / "leaf.txt").unlink()
+        while here != tmp_path:
+            here.rmdir()
+            here = here.parent
 
 
 # ------------------------------------------------------------------ names shown and extracted

@@ -95,7 +95,9 @@ def test_spec_nested_image_matches_the_readers_listing() -> None:
         ("/zero.bin", "file", 0),
     ]
     assert parsed.ok and parsed.header is not None and parsed.header.length_pads == 1
-    digests = dict(zip((e.path for e in parsed.entries), file_digests(data, parsed.entries)))
+    digests = dict(
+        zip((e.path for e in parsed.entries), file_digests(data, parsed.entries), strict=True)
+    )
     assert digests["/lib/sub/data.bin"] == hashlib.sha256(b"ABC").hexdigest()
     assert digests["/lib"] is None
 
