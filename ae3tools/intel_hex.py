@@ -42,17 +42,21 @@ def _records(data: bytes) -> list[tuple[int, bytearray]]:
         if not line:
             continue
         if ended:
-            raise Ae3Error(f"Intel HEX line {number}: data after the end-of-file record")
+            raise Ae3Error(
+                f"unreadable Intel HEX: line {number}: data after the end-of-file record"
+            )
         if line[:1] != b":":
-            raise Ae3Error(f"Intel HEX line {number}: does not start with ':'")
+            raise Ae3Error(f"unreadable Intel HEX: line {number}: does not start with ':'")
         try:
             raw = bytes.fromhex(line[1:].decode("ascii"))
         except (UnicodeDecodeError, ValueError):
-            raise Ae3Error(f"Intel HEX line {number}: not hexadecimal digits") from None
+            raise Ae3Error(f"unreadable Intel HEX: line {number}: not hexadecimal digits") from None
         if len(raw) < 5 or len(raw) != raw[0] + 5:
-            raise Ae3Error(f"Intel HEX line {number}: record length does not match its count")
+            raise Ae3Error(
+                f"unreadable Intel HEX: line {number}: record length does not match its count"
+            )
         if sum(raw) & 0xFF:
-            raise Ae3Error(f"Intel HEX line {number}: checksum mismatch")
+            raise Ae3Error(f"unreadable Intel HEX: line {number}: checksum mismatch")
         kind, payload = raw[3], raw[4:-1]
         if kind == DATA:
             address = base + int.from_bytes(raw[1:3], "big")
@@ -68,7 +72,9 @@ def _records(data: bytes) -> list[tuple[int, bytearray]]:
         elif kind in (START_SEGMENT, START_LINEAR) and len(payload) == 4:
             pass  # an entry point: nothing to place in memory
         else:
-            raise Ae3Error(f"Intel HEX line {number}: record type {kind} of {len(payload)} bytes")
+            raise Ae3Error(
+                f"unreadable Intel HEX: line {number}: record type {kind} of {len(payload)} bytes"
+            )
     return runs
 
 
