@@ -35,7 +35,7 @@ from ae3tools.board import (
     Role,
     partition_for_role,
 )
-from ae3tools.fileio import refuse_output_over_input, write_atomic
+from ae3tools.fileio import refuse_output_over_input, require_directory, write_atomic
 from ae3tools.findings import (
     Ae3Error,
     Finding,
@@ -219,12 +219,7 @@ def resolve_build_date(value: str | None) -> str | None:
 
 def inputs_from_directory(directory: Path) -> dict[Role, Path]:
     """OpenMV's usual build file names for each role, where present."""
-    if not directory.is_dir():
-        raise UsageError(
-            f"{directory}: no such directory"
-            if not directory.exists()
-            else f"{directory}: not a directory"
-        )
+    require_directory(directory)
     found = {}
     for role in FLASH_ORDER:
         name = partition_for_role(role).image_name

@@ -70,6 +70,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def require_directory(path: Path) -> None:
+    """An input directory must exist and be one (a usage error otherwise)."""
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise UsageError(f"{path}: {what}")
+
+
 def refuse_output_over_input(output: Path, inputs: Iterable[Path | None]) -> None:
     """An output may never replace one of the command's inputs, nor land inside an input
     directory (it would be read as part of the input next time), whatever --force says."""

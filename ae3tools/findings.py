@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -80,9 +80,16 @@ class FindingLog:
         if self.counts[finding.code] <= self.cap:
             self.kept.append(finding)
 
-    def wants(self, code: str) -> bool:
-        """Whether another finding of `code` would be kept (so worth building)."""
-        return self.counts[code] < self.cap
+    def report(
+        self, code: str, severity: Severity, message: str, location: str | Callable[[], str]
+    ) -> None:
+        """Add a finding, building its location only if it is kept (past the cap a
+        callable is not called: a location can cost the depth of a path)."""
+        if self.counts[code] >= self.cap:
+            self.note(code, severity, 1)
+        else:
+            where = location if isinstance(location, str) else location()
+            self.add(Finding(code, severity, message, where))
 
     def note(self, code: str, severity: Severity, count: int) -> None:
         """Count `count` findings of `code` without building them."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ae3tools.board import PARTITIONS, ROMFS_ROLES, Partition
+from ae3tools.fileio import require_directory
 from ae3tools.findings import (
     Ae3Error,
     Finding,
@@ -200,13 +202,15 @@ class RomfsEntry(NamedTuple):
     def name(self) -> str:
         return show_name(self.raw_name)
 
-    def _last_names(self, count: int) -> list[str]:
-        names: list[str] = []
+    def lineage(self) -> Iterator[RomfsEntry]:
+        """This entry, then each directory above it up to the root."""
         entry: RomfsEntry | None = self
-        while entry is not None and len(names) < count:
-            names.append(entry.name)
+        while entry is not None:
+            yield entry
             entry = entry.parent
-        return names[::-1]
+
+    def _last_names(self, count: int) -> list[str]:
+        return [entry.name for entry in itertools.islice(self.lineage(), count)][::-1]
 
     @property
     def shown_path(self) -> str:
@@ -227,12 +231,7 @@ class RomfsEntry(NamedTuple):
 
     def parts(self) -> list[bytes]:
         """The raw names from the root down to this entry."""
-        names = []
-        entry: RomfsEntry | None = self
-        while entry is not None:
-            names.append(entry.raw_name)
-            entry = entry.parent
-        return names[::-1]
+        return [entry.raw_name for entry in self.lineage()][::-1]
 
     @property
     def alignment(self) -> int | None:
@@ -314,16 +313,16 @@ class _Walk:
     blob_ends: array[int] = field(default_factory=lambda: array("q"))
     padded_records: int = 0
     record_header_sizes: set[int] = field(default_factory=set)
-    has_directories: bool = False
 
     def add(
         self, code: str, severity: Severity, message: str, where: RomfsEntry | None, offset: int
     ) -> None:
-        log = self.log
-        if log.counts[code] >= log.cap:  # past the cap: count only, build nothing
-            log.counts[code] += 1
-        else:
-            log.add(Finding(code, severity, message, _where(where, offset)))
+        self.log.report(code, severity, message, lambda: _where(where, offset))
+
+    def add_blob(self, start: int, end: int) -> None:
+        if end > start:
+            self.blob_starts.append(start)
+            self.blob_ends.append(end)
 
 
 def is_romfs(data: bytes | memoryview) -> bool:
@@ -410,11 +409,18 @@ def _where(entry: RomfsEntry | None, offset: int) -> str:
 def _read_record(
     walk: _Walk, pos: int, end: int, parent: RomfsEntry | None, context: str
 ) -> tuple[int, int, int] | None:
-    """Read the record header at `pos` inside a region ending at `end` (the general path).
+    """Read the record header at `pos` inside a region ending at `end`.
 
     Returns (kind, payload start, payload end), or None after a finding when it does
     not fit its parent: nothing after a broken record can be located.
     """
+    buf = walk.buf
+    if pos + 1 < end and buf[pos] < 0x80 and buf[pos + 1] < 0x80:  # one-byte vints
+        kind, body = buf[pos], pos + 2
+        if body + buf[pos + 1] <= end:
+            if kind in (KIND_FILE, KIND_DIRECTORY):
+                walk.record_header_sizes.add(2)
+            return kind, body, body + buf[pos + 1]
     try:
         kind, body, kind_pads = read_vint(walk.buf, pos, end)
         length, body, length_pads = read_vint(walk.buf, body, end)
@@ -468,24 +474,33 @@ def _unknown(kind: int) -> tuple[str, Severity, str]:
 # A run of two-byte records (kind < 0x80, length 0): a crafted image can hold twelve
 # million of them. The run is handled by counting kinds in C, not record by record.
 _EMPTY_RECORD_RUN = re.compile(rb"(?:[\x00-\x7f]\x00){8,}", re.DOTALL)
+# Kinds that mean the same in such a run, keyed by the first: (the kinds, a pattern).
 _KIND_CLASSES = {
-    0: bytes([KIND_UNUSED]),
-    1: bytes([KIND_PADDING]),
-    2: bytes([KIND_DATA_VERBATIM]),
-    3: bytes([KIND_DATA_POINTER]),
-    4: bytes([KIND_DIRECTORY, KIND_FILE]),
-    6: bytes(range(6, 0x80)),
+    first: (members, re.compile(b"[" + re.escape(members) + b"]"))
+    for first, members in (
+        (KIND_UNUSED, bytes([KIND_UNUSED])),
+        (KIND_PADDING, bytes([KIND_PADDING])),
+        (KIND_DATA_VERBATIM, bytes([KIND_DATA_VERBATIM])),
+        (KIND_DATA_POINTER, bytes([KIND_DATA_POINTER])),
+        (KIND_DIRECTORY, bytes([KIND_DIRECTORY, KIND_FILE])),
+        (6, bytes(range(6, 0x80))),
+    )
 }
 
 
 def _empty_run(
-    walk: _Walk, run_start: int, run_end: int, parent: RomfsEntry | None, in_file: bool
-) -> tuple[int, int]:
-    """Account for a run of empty two-byte records; returns (first empty DATA_VERBATIM
-    offset or -1, number of data records) for a file's bookkeeping."""
+    walk: _Walk, pos: int, end: int, parent: RomfsEntry | None, in_file: bool
+) -> tuple[int, int, int] | None:
+    """Account at once for a run of empty two-byte records starting at `pos`, if there is
+    one. Returns (position after the run, offset of the first empty DATA_VERBATIM payload
+    or -1, number of data records), for a file's bookkeeping; None when no run is there."""
+    run = _EMPTY_RECORD_RUN.match(walk.buf, pos, end)
+    if run is None:
+        return None
+    run_start, run_end = run.span()
     kinds = walk.buf[run_start:run_end:2]
     first_data, data_records = -1, 0
-    for key, members in _KIND_CLASSES.items():
+    for key, (members, pattern) in _KIND_CLASSES.items():
         count = len(kinds) - len(kinds.translate(None, members))
         if not count:
             continue
@@ -497,23 +512,14 @@ def _empty_run(
         if meaning is None:
             continue
         code, severity, message = meaning
-        index = -1
-        for _ in range(min(count, max(0, walk.log.cap - walk.log.counts[code]))):
-            index = _find_any(kinds, members, index + 1)
-            kind = kinds[index]
+        shown = min(count, max(0, walk.log.cap - walk.log.counts[code]))
+        for found in itertools.islice(pattern.finditer(kinds), shown):
             if key == 6:
-                code, severity, message = _unknown(kind)
-            walk.log.add(Finding(code, severity, message, _where(parent, run_start + 2 * index)))
-            count -= 1
-        if count:
-            walk.log.note(code, severity, count)
-    return first_data, data_records
-
-
-def _find_any(data: bytes, members: bytes, start: int) -> int:
-    if len(members) == 1:
-        return data.index(members, start)
-    return next(i for i in range(start, len(data)) if data[i] in members)
+                code, severity, message = _unknown(kinds[found.start()])
+            walk.add(code, severity, message, parent, run_start + 2 * found.start())
+        if count > shown:
+            walk.log.note(code, severity, count - shown)
+    return run_end, first_data, data_records
 
 
 def _meaning(kind: int, in_file: bool, *, empty: bool) -> _Meaning:
@@ -544,40 +550,25 @@ def _walk_records(walk: _Walk) -> None:
         pos, end, parent = frame.pos, frame.end, frame.entry
         descend: _Frame | None = None
         while pos < end and descend is None:
-            kind = buf[pos]
-            length = buf[pos + 1] if pos + 1 < end else 0x80
-            if kind < 0x80 and length < 0x80:  # the common case: one-byte vints
-                if length == 0 and _EMPTY_RECORD_RUN.match(buf, pos, end):
-                    run = _EMPTY_RECORD_RUN.match(buf, pos, end)
-                    assert run is not None
-                    _empty_run(walk, pos, run.end(), parent, in_file=False)
-                    pos = run.end()
+            if pos + 1 < end and buf[pos + 1] == 0:
+                run = _empty_run(walk, pos, end, parent, in_file=False)
+                if run is not None:
+                    pos = run[0]
                     continue
-                body, record_end = pos + 2, pos + 2 + length
-                if record_end > end:
-                    _read_record(walk, pos, end, parent, "directory")  # reports the overrun
-                    pos = end
-                    break
-                if kind in (KIND_FILE, KIND_DIRECTORY):
-                    walk.record_header_sizes.add(2)
-            else:
-                record = _read_record(walk, pos, end, parent, "directory")
-                if record is None:
-                    pos = end
-                    break
-                kind, body, record_end = record
+            record = _read_record(walk, pos, end, parent, "directory")
+            if record is None:
+                pos = end
+                break
+            kind, body, record_end = record
             record_start, pos = pos, record_end
             if kind in (KIND_PADDING, KIND_DATA_VERBATIM):
-                if record_end > body:
-                    walk.blob_starts.append(body)
-                    walk.blob_ends.append(record_end)
+                walk.add_blob(body, record_end)
             elif kind in (KIND_DIRECTORY, KIND_FILE):
                 named = _read_name(walk, frame, record_start, body, record_end)
                 if named is None:
                     continue
                 raw, children = named
                 if kind == KIND_DIRECTORY:
-                    walk.has_directories = True
                     entry = RomfsEntry.child(
                         parent, raw, "dir", record_start, record_end - children
                     )
@@ -621,10 +612,7 @@ def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
     here = f"{parent.entry.shown_path if parent.entry else ''}/{shown} @ 0x{offset:x}"
 
     def add(code: str, severity: Severity, message: str) -> None:
-        if walk.log.wants(code):
-            walk.log.add(Finding(code, severity, message, here))
-        else:
-            walk.log.note(code, severity, 1)
+        walk.log.report(code, severity, message, here)
 
     if not raw:
         add("ROMFS_NAME_EMPTY", Severity.ERROR, "empty name: no path can reach it")
@@ -659,48 +647,35 @@ def _read_file(
     """romfs §5 and §8.7: the first data record among a FILE's children is its content."""
     buf = walk.buf
     entry = RomfsEntry.child(parent, raw, "file", offset, 0)
-    content: tuple[int, int, str, int] | None = None  # (size, data offset, kind, record)
+    content: tuple[int, int, str] | None = None  # (size, data offset, data kind)
     data_records = 0
     pos = start
     while pos < end:
-        kind = buf[pos]
-        length = buf[pos + 1] if pos + 1 < end else 0x80
-        if kind < 0x80 and length < 0x80:
-            if length == 0 and _EMPTY_RECORD_RUN.match(buf, pos, end):
-                run = _EMPTY_RECORD_RUN.match(buf, pos, end)
-                assert run is not None
-                first_data, count = _empty_run(walk, pos, run.end(), entry, in_file=True)
+        if pos + 1 < end and buf[pos + 1] == 0:
+            run = _empty_run(walk, pos, end, entry, in_file=True)
+            if run is not None:
+                pos, first_data, count = run
                 data_records += count
                 if content is None and first_data >= 0:
-                    content = (0, first_data, "verbatim", first_data - 2)
-                pos = run.end()
+                    content = (0, first_data, "verbatim")
                 continue
-            body, record_end = pos + 2, pos + 2 + length
-            if record_end > end:
-                _read_record(walk, pos, end, entry, "file")
-                break
-        else:
-            record = _read_record(walk, pos, end, entry, "file")
-            if record is None:
-                break
-            kind, body, record_end = record
+        record = _read_record(walk, pos, end, entry, "file")
+        if record is None:
+            break
+        kind, body, record_end = record
         record_start, pos = pos, record_end
         if kind == KIND_DATA_VERBATIM:
             data_records += 1
-            if record_end > body:
-                walk.blob_starts.append(body)
-                walk.blob_ends.append(record_end)
+            walk.add_blob(body, record_end)
             if content is None:
-                content = (record_end - body, body, "verbatim", record_start)
+                content = (record_end - body, body, "verbatim")
         elif kind == KIND_DATA_POINTER:
             data_records += 1
             pointer = _read_pointer(walk, entry, record_start, body, record_end)
             if content is None and pointer is not None:
-                content = (*pointer, "pointer", record_start)
+                content = (*pointer, "pointer")
         elif kind == KIND_PADDING:
-            if record_end > body:
-                walk.blob_starts.append(body)
-                walk.blob_ends.append(record_end)
+            walk.add_blob(body, record_end)
         else:
             meaning = _IN_FILE[kind] if kind < 0x80 else _meaning(kind, True, empty=False)
             if meaning is not None:
@@ -722,7 +697,7 @@ def _read_file(
             entry,
             offset,
         )
-    size, data_offset, data_kind, _ = content
+    size, data_offset, data_kind = content
     walk.entries.append(entry._replace(size=size, data_offset=data_offset, data_kind=data_kind))
 
 
@@ -863,11 +838,12 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
     def skip(entry: RomfsEntry, reason: str) -> None:
         if entry.type == "dir":
             refused.add(id(entry))
-        where = f"{entry.shown_path} @ 0x{entry.record_offset:x}"
-        if log.wants("ROMFS_NOT_EXTRACTED"):
-            log.add(error("ROMFS_NOT_EXTRACTED", f"not extracted: {reason}", where))
-        else:
-            log.note("ROMFS_NOT_EXTRACTED", Severity.ERROR, 1)
+        log.report(
+            "ROMFS_NOT_EXTRACTED",
+            Severity.ERROR,
+            f"not extracted: {reason}",
+            lambda: _where(entry, entry.record_offset),
+        )
 
     for entry in parsed.entries:
         if entry.parent is not None and id(entry.parent) in refused:
@@ -999,8 +975,7 @@ def build_romfs(
     data record's position is known before it is written and alignment is measured
     from image byte 0. The total is kept even (romfs §6) with a PADDING record.
     """
-    if not source.is_dir():
-        raise Ae3Error(f"{source}: not a directory")
+    require_directory(source)
     limit = partition.size if partition is not None else MAX_ROMFS_SIZE
     holder = f"partition {partition.name}" if partition else "any ROMFS partition"
     image = bytearray(OPENMV_HEADER_SIZE)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.dfu.virtual import DeviceMemory
+from ae3tools.board import RAM_REGIONS, Role, partition_for_role
+from ae3tools.dfu.virtual import CameraInUse, DeviceMemory
 from ae3tools.dfu_suffix import SIGNATURE
 from ae3tools.fileio import write_atomic
-from ae3tools.findings import FINDINGS_PER_CODE
+from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error
+from ae3tools.intel_hex import parse_hex
 from ae3tools.romfs import build_romfs, extract, parse_romfs
 from tests.conftest import FIXTURES, ROOT
 from tests.test_romfs import file, fs, named, rec
@@ -236,7 +238,10 @@ def test_dfu_suffix_with_another_length_is_refused(tmp_path: Path, cli) -> None:
 
 def test_small_zero_heavy_firmware_is_not_a_key(tmp_path: Path, cli) -> None:
     firmware = bytearray(4096)
-    firmware[:8] = bytes.fromhex("0000102001043280")  # SP in DTCM, reset in HE's partition
+    he = partition_for_role(Role.HE)
+    dtcm = next(r for r in RAM_REGIONS if r.name == "DTCM")
+    firmware[:4] = (dtcm.start + dtcm.size).to_bytes(4, "little")  # initial SP
+    firmware[4:8] = (he.start + 0x401).to_bytes(4, "little")  # Thumb reset handler
     path = tmp_path / "he.bin"
     path.write_bytes(bytes(firmware))
     row = json.loads(cli("inspect", "--json", path).out)["files"][0]
@@ -265,7 +270,7 @@ def test_mistyped_virtual_directory_is_not_created(tmp_path: Path, cli) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from ae3tools.dfu.virtual import DeviceMemory
+from ae3tools.dfu.virtual import CameraInUse, DeviceMemory
 memory = DeviceMemory(Path(sys.argv[1]))
 memory.claim()
 print("held", flush=True)
@@ -292,7 +297,7 @@ def test_one_camera_has_one_owner(tmp_path: Path, cli, good_bundle_path: Path) -
 def test_claim_is_exclusive_between_owners(tmp_path: Path) -> None:
     first, second = DeviceMemory(tmp_path / "cam"), DeviceMemory(tmp_path / "cam")
     first.claim()
-    with pytest.raises(Exception, match="in use"):
+    with pytest.raises(CameraInUse, match="in use"):
         second.claim()
     first.release()
     second.claim()
@@ -330,3 +335,34 @@ def good_bundle_path(tmp_path: Path, cli) -> Path:
     assert cli("bundle", "--from", GOOD, "-o", path).code == 0
     assert zipfile.is_zipfile(path)
     return path
+
+
+# ------------------------------------------------------------------ Intel HEX reader
+
+
+def _hex_line(address: int, kind: int, payload: bytes) -> bytes:
+    raw = bytes([len(payload)]) + address.to_bytes(2, "big") + bytes([kind]) + payload
+    return b":" + (raw + bytes([-sum(raw) & 0xFF])).hex().upper().encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("lines", "words"),
+    [
+        ([(0, 0, b"\x01\x02"), (1, 0, b"\x03")], "overlap"),
+        ([(0, 1, b""), (0, 0, b"\x01")], "after the end-of-file record"),
+        ([(0, 9, b"\x01")], "record type 9"),
+    ],
+    ids=["overlap", "data after EOF", "unknown type"],
+)
+def test_intel_hex_reader_refusals(lines: list[tuple[int, int, bytes]], words: str) -> None:
+    upper = partition_for_role(Role.HE).start >> 16
+    text = _hex_line(0, 4, upper.to_bytes(2, "big")) + b"".join(_hex_line(*x) for x in lines)
+    with pytest.raises(Ae3Error, match=words):
+        parse_hex(text)
+
+
+def test_intel_hex_checksum_is_checked() -> None:
+    line = bytearray(_hex_line(0, 0, b"\x01\x02"))
+    line[-3:-1] = b"00"
+    with pytest.raises(Ae3Error, match="checksum"):
+        parse_hex(bytes(line))

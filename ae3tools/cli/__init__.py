@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             message = exc.format_message()  # type: ignore[attr-defined]
             if not message:  # no arguments: the help was shown, which says it all
                 sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-            subcommand = next((a for a in args if not a.startswith("-")), "")
-            hint = f"Try 'ae3tools {subcommand} --help'.".replace("  ", " ")
+            subcommand = next((a for a in args if not a.startswith("-")), None)
+            hint = f"Try '{' '.join(filter(None, ['ae3tools', subcommand, '--help']))}'."
             _fail(message, exc.exit_code, hint=hint, as_json=as_json, details=None)  # type: ignore[attr-defined]
         if os.environ.get("AE3TOOLS_DEBUG"):
             raise

@@ -248,10 +248,6 @@ def romfs_build(
     """
     role = romfs_partition(partition)
     target = partition_for_role(role) if role else None
-    if not source.is_dir():
-        raise UsageError(
-            f"{source}: no such directory" if not source.exists() else f"{source}: not a directory"
-        )
     refuse_output_over_input(output, [source])
     image = build_romfs(source, alignment=parse_rules(align, OPENMV_ALIGNMENT), partition=target)
     write_atomic(output, image, force=force)
