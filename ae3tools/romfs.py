@@ -472,8 +472,10 @@ def _unknown(kind: int) -> tuple[str, Severity, str]:
 
 
 # A run of two-byte records (kind < 0x80, length 0): a crafted image can hold twelve
-# million of them. The run is handled by counting kinds in C, not record by record.
-_EMPTY_RECORD_RUN = re.compile(rb"(?:[\x00-\x7f]\x00){8,}", re.DOTALL)
+# million of them. The run is handled by counting kinds in C, not record by record, in
+# matches of at most 4096 records: the regex engine keeps state per repetition, and one
+# match over 24 MiB held 800 MB.
+_EMPTY_RECORD_RUN = re.compile(rb"(?:[\x00-\x7f]\x00){8,4096}", re.DOTALL)
 # Kinds that mean the same in such a run, keyed by the first: (the kinds, a pattern).
 _KIND_CLASSES = {
     first: (members, re.compile(b"[" + re.escape(members) + b"]"))

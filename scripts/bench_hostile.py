@@ -86,8 +86,7 @@ def many_files(size: int) -> bytes:
     dirs = []
     for d in range(count // 10_000):
         files = b"".join(
-            record(5, bytes([len(n)]) + n + record(2, bytes([d]) * body))
-            for n in names(10_000)
+            record(5, bytes([len(n)]) + n + record(2, bytes([d]) * body)) for n in names(10_000)
         )
         name = f"dir{d}".encode()
         dirs.append(record(4, bytes([len(name)]) + name + files))
@@ -139,20 +138,34 @@ def measure(command: list[str]) -> tuple[float, float, int]:
     return seconds, usage.ru_maxrss / 1024, child.returncode
 
 
+def make_input(name: str, size: int, path: Path) -> None:
+    """Write one shape to `path` in a child process: a process's peak RSS is inherited
+    by the children it starts, so the measuring process must stay small."""
+    make, _ = SHAPES[name]
+    path.write_bytes(make(size))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=float, default=24.0, help="input size (default 24)")
     parser.add_argument("--only", help="run only the shape whose name contains this")
+    parser.add_argument("--make", help=argparse.SUPPRESS)  # internal: NAME:SIZE:PATH
     args = parser.parse_args()
+    if args.make:
+        name, size, path = args.make.rsplit(":", 2)
+        make_input(name, int(size), Path(path))
+        return
     size = int(args.mib * (1 << 20))
     ae3tools = str(Path(sys.executable).with_name("ae3tools"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (make, suffix) in SHAPES.items():
+        for name, (_, suffix) in SHAPES.items():
             if args.only and args.only.lower() not in name.lower():
                 continue
             path = Path(tmp) / f"shape.{suffix}"
-            path.write_bytes(make(size))
+            subprocess.run(
+                [sys.executable, __file__, "--make", f"{name}:{size}:{path}"], check=True
+            )
             if suffix == "img":
                 commands = {
                     "romfs ls": [ae3tools, "romfs", "ls", str(path)],
