@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ae3tools.findings import Ae3Error, UsageError
 
@@ -94,12 +95,9 @@ def refuse_output_over_input(output: Path, inputs: Iterable[Path | None]) -> Non
             )
 
 
-def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and a rename.
-
-    An interrupted write leaves no partial file at `path`. An existing file is kept
-    unless `force` is set.
-    """
+def check_output(path: Path, *, force: bool = False) -> Path:
+    """Refuse an output that exists (without `force`), is a directory, or has no
+    directory to go in: checked before any work, so a long read is not wasted."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory")
     if path.exists() and not force:
@@ -107,6 +105,18 @@ def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"{path}: directory {directory} does not exist")
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
+    """A stream whose bytes appear at `path` only when the block ends without error.
+
+    They go to a temporary file in the same directory, renamed over `path` at the end;
+    an interrupted write leaves no partial file at `path`. An existing file is kept
+    unless `force` is set.
+    """
+    directory = check_output(path, force=force)
     remove_stale_temporaries(path)
     try:
         fd, tmp_name = tempfile.mkstemp(
@@ -116,7 +126,7 @@ def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
         raise Ae3Error(f"{path}: cannot write in {directory}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(tmp_name, 0o644)
@@ -127,3 +137,9 @@ def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
         if isinstance(exc, OSError):
             raise Ae3Error(f"{path}: cannot write: {exc.strerror or exc}") from None
         raise
+
+
+def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write `data` to `path` through `atomic_output`."""
+    with atomic_output(path, force=force) as stream:
+        stream.write(data)

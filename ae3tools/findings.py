@@ -128,3 +128,25 @@ class Ae3Error(Exception):
 
 class UsageError(Ae3Error):
     exit_code = 2
+
+
+class DeviceError(Ae3Error):
+    """Talking to the camera failed: the message says which image and block, when known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        vanished: bool = False,
+        timed_out: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, details=details)
+        self.vanished = vanished  # the camera left the bus
+        self.timed_out = timed_out  # the camera stopped answering
+
+    @property
+    def session_lost(self) -> bool:
+        """Whether the bootloader session is over: a re-run needs the camera replugged."""
+        return self.vanished or self.timed_out

@@ -330,6 +330,21 @@ def is_romfs(data: bytes | memoryview) -> bool:
     return bytes(data[: len(MAGIC)]) == MAGIC
 
 
+def romfs_extent(head: bytes | memoryview) -> int | None:
+    """How many bytes the image says it spans (romfs §3: header plus FILESYSTEM payload),
+    from its first bytes alone; None when they do not say (no ROMFS magic, or a length
+    that runs past `head`). For reading just the image off a partition, without the
+    erased space after it."""
+    buf = bytes(head)
+    if not is_romfs(buf):
+        return None
+    try:
+        length, payload_start, _ = read_vint(buf, len(MAGIC), len(buf))
+    except _Overrun:
+        return None
+    return payload_start + length if length < VINT_LIMIT else None
+
+
 def parse_romfs(
     image: bytes | memoryview,
     *,

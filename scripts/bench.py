@@ -2,15 +2,16 @@
 
 1. bundle: write and verify a full-size bundle (HP 3 MiB, HE 1.4 MiB, ROMFS1 1 MiB,
    ROMFS0 24 MiB): wall time and the part spent hashing.
-2. host cost: flash it into the virtual AE3 at zero device cost: host seconds per MiB
+2. host cost: flash it into the virtual AE3 at zero device cost: host CPU per MiB
    written, and per MiB read back.
-3. realistic: the same flash under the realistic timing model: total time next to the
-   model's own device time; host overhead = total - device time.
-4. against dfu-util's flow: four `dfu-util -D` calls each sleep 1 s after the manifest
-   and wait for the device anew; their lower bound is the device's write time + 4 s.
-5. --bridge: on one umockdev bridge and the realistic model, the seed's four real
-   dfu-util calls against one `ae3tools flash` through real libusb, with and without
-   read-back: times, the model's device time, ratios and host overhead.
+3. incremental flashing: under the realistic timing model on a simulated clock (device
+   time added up, not slept: exact and repeatable), each re-flash case against a full
+   rewrite of the same set: modelled device time, ratio, blocks written, host CPU.
+4. start-up: CPU of `ae3tools inspect` on a small file and of `ae3tools --help`, each a
+   fresh process (minimum and median of several runs: the machine's noise is large).
+5. --bridge: on one umockdev bridge and the realistic model (wall clock), the seed's four
+   real dfu-util calls against `ae3tools flash` through real libusb: a fresh flash with
+   and without read-back, and the re-flash after a small HP change.
 """
 
 from __future__ import annotations
@@ -19,51 +20,149 @@ import argparse
 import hashlib
 import json
 import os
+import random
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ae3tools.bundle import ReleaseInfo, read_bundle, write_bundle
+from ae3tools.board import DFU_BLOCK_SIZE, FLASH_ORDER, Role, partition_for_role
+from ae3tools.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
+from ae3tools.dfu.builder import ImageResult
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, wait_for_bootloader
-from ae3tools.dfu.virtual import DeviceMemory, Timing, VirtualAE3
+from ae3tools.dfu.virtual import DeviceMemory, SimulatedClock, Timing, VirtualAE3
 from ae3tools.dfu.virtual_backend import VirtualBackend
-from tests.fullsize import make_full_size_set
+from tests.fullsize import firmware, make_full_size_set
 
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
 BRIDGE = ROOT / "scripts" / "with-virtual-ae3"
-DFU_UTIL_MANIFEST_SLEEP = 1.0  # dfu-util sleeps 1 s after it sees dfuMANIFEST (spec §9)
+AE3TOOLS = Path(sys.executable).with_name("ae3tools")
 
 
-def flash_once(images: list, timing: Timing, verify: bool) -> tuple[float, float, VirtualAE3]:
-    device = VirtualAE3(DeviceMemory(), timing)
-    backend = VirtualBackend([device])
-    started = time.perf_counter()
-    session = DfuSession(wait_for_bootloader(backend))
+def flash_once(
+    images: Sequence[BundleImage],
+    timing: Timing,
+    *,
+    memory: DeviceMemory | None = None,
+    incremental: bool = True,
+    verify: bool = True,
+) -> tuple[float, list[ImageResult], VirtualAE3]:
+    """One flash into a virtual AE3 on a simulated clock; returns the host's CPU seconds."""
+    clock = SimulatedClock()
+    device = VirtualAE3(memory or DeviceMemory(), timing, clock=clock, sleep=clock.sleep)
+    started = time.process_time()
+    session = DfuSession(wait_for_bootloader(VirtualBackend([device])))
     session.check_layout(session.open().alt_names)
-    results = flash_images(session, images, verify=verify)
+    results = flash_images(session, images, incremental=incremental, verify=verify)
     session.detach_and_reset()
-    total = time.perf_counter() - started
-    verify_time = sum(r.verify_seconds or 0 for r in results)
-    return total, verify_time, device
+    return time.process_time() - started, results, device
+
+
+def changed(image: BundleImage, offsets: Sequence[int]) -> BundleImage:
+    data = bytearray(image.data)
+    for offset in offsets:
+        data[offset] ^= 0x5A
+    return replace(image, data=bytes(data))
+
+
+def cases(images: list[BundleImage]) -> dict[str, list[BundleImage]]:
+    """The re-flash cases of issue 9, each applied to a camera holding `images`."""
+    by_role = {image.role: image for image in images}
+    hp, romfs0 = by_role[Role.HP], by_role[Role.ROMFS0]
+    rng = random.Random(9)
+    romfs0_blocks = -(-len(romfs0.data) // DFU_BLOCK_SIZE)
+    tenth = rng.sample(range(romfs0_blocks), romfs0_blocks // 10)
+    rebuilt = firmware(Role.HP, len(hp.data), seed=b"rebuilt")
+
+    def swap(new: BundleImage) -> list[BundleImage]:
+        return [new if image.role is new.role else image for image in images]
+
+    return {
+        "same bundle again": images,
+        "HP changed in 4 bytes": swap(changed(hp, [0x1234, 0x1235, 0x1236, 0x1237])),
+        "HP fully rebuilt": swap(replace(hp, data=rebuilt)),
+        "10% of ROMFS0's blocks changed": swap(
+            changed(romfs0, [b * DFU_BLOCK_SIZE + 7 for b in tenth])
+        ),
+    }
+
+
+def incremental_table(images: list[BundleImage]) -> None:
+    timing = Timing.realistic()
+    print("\nincremental flashing, realistic model on a simulated clock (modelled device time):")
+    print(f"  {'case':<34} {'device s':>9} {'ratio':>7} {'written':>13} {'host CPU s':>11}")
+    _, _, full = flash_once(images, timing, incremental=False)
+    full_time = full.stats.device_time
+
+    def row(label: str, device: VirtualAE3, results: list[ImageResult], cpu: float) -> None:
+        written = sum(r.written for r in results)
+        blocks = sum(r.blocks for r in results)
+        seconds = device.stats.device_time
+        print(
+            f"  {label:<34} {seconds:9.2f} {seconds / full_time:7.3f} "
+            f"{f'{written}/{blocks}':>13} {cpu:11.2f}"
+        )
+
+    cpu, results, device = flash_once(images, timing, incremental=False)
+    row("blank camera, --full", device, results, cpu)
+    cpu, results, device = flash_once(images, timing)
+    row("blank camera, incremental", device, results, cpu)
+    for label, new_images in cases(images).items():
+        memory = DeviceMemory()
+        flash_once(images, Timing.zero(), memory=memory)  # the camera holds the release
+        cpu, results, device = flash_once(new_images, timing, memory=memory)
+        row(label, device, results, cpu)
+
+
+def host_cost(images: list[BundleImage]) -> None:
+    mib = sum(len(image.data) for image in images) / MIB
+    cpu_write, _, _ = flash_once(images, Timing.zero(), incremental=False, verify=False)
+    cpu_both, _, device = flash_once(images, Timing.zero(), incremental=False)
+    print(
+        f"\nzero device cost, --full: host CPU {1000 * cpu_write / mib:.1f} ms per MiB written, "
+        f"{1000 * (cpu_both - cpu_write) / mib:.1f} ms per MiB read back "
+        f"({device.stats.control_transfers} control transfers with read-back)"
+    )
+
+
+def child_cpu(args: list[str], runs: int = 15) -> tuple[float, float]:
+    samples = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        samples.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    samples.sort()
+    return samples[0], samples[len(samples) // 2]
+
+
+def startup() -> None:
+    print("\nstart-up CPU (fresh process each, bytecode cached): min / median")
+    small = ROOT / "fixtures" / "good" / "key.bin"
+    for label, args in (
+        ("ae3tools inspect key.bin", [str(AE3TOOLS), "inspect", str(small)]),
+        ("ae3tools --help", [str(AE3TOOLS), "--help"]),
+        ("python -c pass", [sys.executable, "-c", "pass"]),
+    ):
+        low, median = child_cpu(args)
+        print(f"  {label:<26} {low:.3f} s / {median:.3f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--skip-realistic",
-        action="store_true",
-        help="skip the in-process realistic-timing runs (minutes: ROMFS0 is NOR)",
-    )
-    parser.add_argument(
         "--bridge",
         action="store_true",
-        help="also compare real dfu-util with ae3tools through the umockdev bridge",
+        help="also compare real dfu-util with ae3tools through the umockdev bridge "
+        "(wall clock: minutes at full size)",
     )
     parser.add_argument(
         "--romfs0-mib",
@@ -88,55 +187,16 @@ def main() -> None:
         for image in images:
             hashlib.sha256(image.data).hexdigest()
         hash_time = time.perf_counter() - started
+        print(f"full-size set: {total_bytes / MIB:.1f} MiB in {len(images)} images")
+        print(
+            f"bundle write (validate + hash + zip): {write_time:.3f} s; "
+            f"verify/read: {read_time:.3f} s; sha256 of all images: {hash_time:.3f} s"
+        )
+        host_cost(images)
+        incremental_table(images)
+        startup()
         if args.bridge:
             bridge_comparison(inputs, out, Path(tmp))
-
-    print(f"full-size set: {total_bytes / MIB:.1f} MiB in {len(images)} images")
-    print(
-        f"bundle write (validate + hash + zip): {write_time:.3f} s; "
-        f"verify/read: {read_time:.3f} s; sha256 of all images: {hash_time:.3f} s"
-    )
-
-    total, verify_time, device = flash_once(images, Timing.zero(), verify=True)
-    write_time = total - verify_time
-    mib = total_bytes / MIB
-    print(
-        f"\nzero device cost, with read-back: {total:.2f} s "
-        f"({device.stats.control_transfers} control transfers)"
-    )
-    print(
-        f"  host time per MiB written: {1000 * write_time / mib:.1f} ms; "
-        f"per MiB read back: {1000 * verify_time / mib:.1f} ms"
-    )
-    host_write, host_verify = write_time, verify_time
-
-    if args.skip_realistic:
-        return
-    timing = Timing.realistic()
-    for verify in (True, False):
-        total, _, device = flash_once(images, timing, verify=verify)
-        device_time = device.stats.device_time
-        overhead = total - device_time
-        label = "with read-back" if verify else "without read-back"
-        print(
-            f"\nrealistic timing, {label}: total {total:.1f} s, model device time "
-            f"{device_time:.1f} s, host overhead {overhead:.2f} s "
-            f"({100 * overhead / device_time:.2f}% of device time)"
-        )
-        if not verify:
-            write_device_time = device_time
-    # dfu-util's flow: the same device write time, a 1 s manifest sleep per image, and
-    # process start and device wait per call (not counted: this is a lower bound).
-    dfu_util_bound = write_device_time + len(images) * DFU_UTIL_MANIFEST_SLEEP
-    print(
-        f"\ndfu-util four-call flow, lower bound (device write time + "
-        f"{len(images)} x {DFU_UTIL_MANIFEST_SLEEP:.0f} s manifest sleeps): "
-        f"{dfu_util_bound:.1f} s"
-    )
-    print(
-        f"host cost of a zero-cost flash for reference: write {host_write:.2f} s, "
-        f"read-back {host_verify:.2f} s"
-    )
 
 
 def bridged(memory: Path, command: list[str], report: Path) -> dict:
@@ -163,45 +223,62 @@ def bridged(memory: Path, command: list[str], report: Path) -> dict:
     return result
 
 
-def bridge_comparison(inputs: dict, bundle: Path, tmp: Path) -> None:
-    from ae3tools.board import FLASH_ORDER, partition_for_role
-
+def dfu_util_calls(files: dict[Role, Path]) -> list[str]:
+    """The seed's four `dfu-util -w -D` calls, --reset on the last."""
     calls = []
     for index, role in enumerate(FLASH_ORDER):
-        call = [
-            "dfu-util",
-            "-w",
-            "-d",
-            ",37C5:96E3",
-            "-a",
-            str(partition_for_role(role).alt),
-            "-D",
-            str(inputs[role]),
-        ]
+        call = ["dfu-util", "-w", "-d", ",37C5:96E3", "-a", str(partition_for_role(role).alt)]
+        call += ["-D", str(files[role])]
         calls.append(" ".join(call + (["--reset"] if index == len(FLASH_ORDER) - 1 else [])))
-    ae3tools = str(Path(sys.executable).with_name("ae3tools"))
-    runs = {
-        "dfu-util x4 (no read-back)": [
-            "sh",
-            "-c",
-            "; ".join(f"{c} >/dev/null 2>&1" for c in calls),
+    return ["sh", "-c", "; ".join(f"{c} >/dev/null 2>&1" for c in calls)]
+
+
+def bridge_comparison(inputs: dict[Role, Path], bundle: Path, tmp: Path) -> None:
+    # The re-flash case: the camera holds the bundle, then HP changes in 4 bytes.
+    hp = bytearray(inputs[Role.HP].read_bytes())
+    hp[0x1234:0x1238] = bytes(b ^ 0x5A for b in hp[0x1234:0x1238])
+    changed_dir = tmp / "changed"
+    changed_dir.mkdir()
+    changed_inputs = dict(inputs)
+    changed_inputs[Role.HP] = changed_dir / inputs[Role.HP].name
+    changed_inputs[Role.HP].write_bytes(bytes(hp))
+    changed_bundle = tmp / "changed.zip"
+    write_bundle(changed_bundle, changed_inputs, ReleaseInfo())
+
+    ae3 = str(AE3TOOLS)
+    fresh = {
+        "dfu-util x4 (no read-back)": dfu_util_calls(inputs),
+        "ae3tools flash --full": [ae3, "flash", str(bundle), "--full", "--json"],
+        "ae3tools flash --full --no-verify": [
+            ae3, "flash", str(bundle), "--full", "--no-verify", "--json"
         ],
-        "ae3tools flash (read-back)": [ae3tools, "flash", str(bundle), "--json"],
-        "ae3tools flash --no-verify": [ae3tools, "flash", str(bundle), "--no-verify", "--json"],
+    }  # fmt: skip
+    reflash = {
+        "dfu-util x4, HP changed": dfu_util_calls(changed_inputs),
+        "ae3tools flash, HP changed": [ae3, "flash", str(changed_bundle), "--json"],
     }
-    print("\nthrough the umockdev bridge, realistic timing, same images:")
+    print("\nthrough the umockdev bridge, realistic timing, wall clock:")
     results = {}
-    for label, command in runs.items():
-        results[label] = report = bridged(tmp / "bridge-cam", command, tmp / "report.json")
+    for label, command in fresh.items():
+        camera = tmp / f"cam-{len(results)}"
+        results[label] = bridged(camera, command, tmp / "report.json")
+    for label, command in reflash.items():
+        camera = tmp / f"cam-{len(results)}"
+        bridged(camera, [ae3, "flash", str(bundle), "--json"], tmp / "report.json")
+        results[label] = bridged(camera, command, tmp / "report.json")
+    for label, report in results.items():
         overhead = report["seconds"] - report["device_seconds"]
         print(
-            f"  {label:<28} {report['seconds']:8.1f} s   device {report['device_seconds']:7.1f} s"
-            f"   host overhead {overhead:6.2f} s ({100 * overhead / report['device_seconds']:.2f}%)"
-            f"   {report['control_transfers']} transfers, exit {report['exit_status']}"
+            f"  {label:<34} {report['seconds']:8.1f} s   device {report['device_seconds']:7.1f} s"
+            f"   host overhead {overhead:6.2f} s   {report['control_transfers']} transfers, "
+            f"exit {report['exit_status']}"
         )
     base = results["dfu-util x4 (no read-back)"]["seconds"]
-    for label in list(runs)[1:]:
+    for label in list(fresh)[1:]:
         print(f"  {label} / dfu-util x4: {results[label]['seconds'] / base:.3f}")
+    ratio = results["ae3tools flash, HP changed"]["seconds"]
+    ratio /= results["dfu-util x4, HP changed"]["seconds"]
+    print(f"  re-flash after an HP change, ae3tools / dfu-util x4: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ def _filler(seed: bytes, size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def firmware(role: Role, size: int) -> bytes:
+def firmware(role: Role, size: int, seed: bytes = b"") -> bytes:
+    """A valid `role` firmware image of `size` bytes; another `seed` gives another build."""
     partition = partition_for_role(role)
     vectors = struct.pack("<II", 0x20040000, (partition.start + 0x400) | 1)
-    return vectors + _filler(role.value.encode(), size - len(vectors))
+    return vectors + _filler(role.value.encode() + seed, size - len(vectors))
 
 
 def make_full_size_set(directory: Path, romfs0_size: int | None = None) -> dict[Role, Path]:

@@ -156,6 +156,39 @@ def test_ae3tools_flash_through_real_libusb(tmp_path: Path) -> None:
     assert device["exit_reason"] == "DETACH" and device["blocks_written"] == 21
 
 
+def test_incremental_flash_check_and_read_through_real_libusb(tmp_path: Path) -> None:
+    memory = tmp_path / "cam"
+    bundle = tmp_path / "bundle.zip"
+    write_bundle(bundle, inputs_from_directory(GOOD), ReleaseInfo())
+    assert bridge(memory, AE3TOOLS, "flash", bundle).returncode == 0
+    same = bridge(memory, AE3TOOLS, "check", bundle, "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["ok"], same.stderr
+
+    dump = tmp_path / "romfs0.img"
+    romfs0 = (GOOD / "romfs0.img").read_bytes()
+    read = bridge(memory, AE3TOOLS, "read", "romfs0", "-o", dump, "--length", len(romfs0))
+    assert read.returncode == 0 and dump.read_bytes() == romfs0, read.stderr
+
+    changed_dir = tmp_path / "changed"
+    changed_dir.mkdir()
+    for source in GOOD.iterdir():
+        (changed_dir / source.name).write_bytes(source.read_bytes())
+    hp = bytearray((GOOD / "firmware_M55_HP.bin").read_bytes())
+    hp[2 * 4096 + 5] ^= 0xFF
+    (changed_dir / "firmware_M55_HP.bin").write_bytes(bytes(hp))
+    changed = tmp_path / "changed.zip"
+    write_bundle(changed, inputs_from_directory(changed_dir), ReleaseInfo())
+    differs = bridge(memory, AE3TOOLS, "check", changed, "--json")
+    assert differs.returncode == 1
+    hp_check = json.loads(differs.stdout)["images"][0]
+    assert hp_check["role"] == "hp" and hp_check["differing_ranges"] == [[2, 2]]
+    flashed = bridge(memory, AE3TOOLS, "flash", changed, "--json")
+    assert flashed.returncode == 0, flashed.stderr
+    written = {i["role"]: i["blocks_written"] for i in json.loads(flashed.stdout)["images"]}
+    assert written == {"hp": 2, "he": 0, "romfs1": 0, "romfs0": 0}
+    assert memory_holds(memory, Role.HP, bytes(hp))
+
+
 def test_realistic_timing_through_the_bridge(tmp_path: Path) -> None:
     """Flash work takes time (NOR erase per block): transfers wait for it, none fail."""
     bundle = tmp_path / "bundle.zip"

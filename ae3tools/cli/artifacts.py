@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import typer
-from rich.table import Table
 
 from ae3tools.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
 from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
-from ae3tools.bundle import is_bundle, open_bundle
 from ae3tools.cli.common import (
     STATUS_TEXT,
     ForceOption,
@@ -23,7 +21,15 @@ from ae3tools.cli.common import (
     print_columns,
     print_findings,
 )
-from ae3tools.cli.release import print_report, report_json
+from ae3tools.cli.target import (
+    PathOption,
+    SerialOption,
+    Target,
+    TimeoutOption,
+    TimingOption,
+    VirtualOption,
+    WaitTimeoutOption,
+)
 from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.key import make_key_file
@@ -51,7 +57,15 @@ def parse_rules(texts: Sequence[str], default: Sequence[AlignmentRule]) -> list[
         raise UsageError(str(exc)) from None
 
 
-def romfs_partition(name: str | None) -> Role | None:
+@overload
+def romfs_partition(name: str, option: str = ...) -> Role: ...
+
+
+@overload
+def romfs_partition(name: None, option: str = ...) -> None: ...
+
+
+def romfs_partition(name: str | None, option: str = "--partition") -> Role | None:
     if name is None:
         return None
     try:
@@ -59,7 +73,7 @@ def romfs_partition(name: str | None) -> Role | None:
     except ValueError:
         role = None
     if role not in ROMFS_ROLES:
-        raise UsageError(f"--partition {name}: expected romfs0 or romfs1")
+        raise UsageError(f"{option} {name}: expected romfs0 or romfs1")
     return role
 
 
@@ -115,7 +129,15 @@ def _entry_row(entry: RomfsEntry, digest: str | None) -> list[str]:
 
 @romfs_app.command("ls")
 def romfs_ls(
-    image: Path = typer.Argument(..., help="ROMFS image file."),
+    image: Path | None = typer.Argument(None, help="ROMFS image file (or use --device)."),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        "-D",
+        metavar="romfs0|romfs1",
+        help="List the ROMFS in this partition of the camera instead of a file; only the "
+        "blocks the image spans are read.",
+    ),
     partition: str | None = typer.Option(
         None,
         "--partition",
@@ -129,18 +151,46 @@ def romfs_ls(
         metavar="PATTERN=N",
         help="Require alignment for matching files, e.g. '*.bin=8' (repeatable).",
     ),
+    serial: str | None = SerialOption,
+    path: str | None = PathOption,
+    wait_timeout: float = WaitTimeoutOption,
+    timeout: float = TimeoutOption,
+    virtual: Path | None = VirtualOption,
+    virtual_timing: str = TimingOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List and validate a ROMFS image: every file with its size, data offset and alignment.
 
     Names are printed escaped (\\xNN for bytes that are not printable ASCII), so two
-    different names never look alike. Exit status: 0 when the image has no errors
-    (warnings allowed), 1 when it has errors.
+    different names never look alike. With `--device romfs0` the image is read off the
+    camera's partition (then the camera is reset). Exit status: 0 when the
+    image has no errors (warnings allowed), 1 when it has errors.
 
     Example: ae3tools romfs ls romfs0.img --partition romfs0
     """
-    role = romfs_partition(partition)
-    data = read_input(image, limit=MAX_INPUT_SIZE)
+    role: Role | None
+    if device is not None:
+        if image is not None:
+            raise UsageError("give a ROMFS image file or --device romfs0|romfs1, not both")
+        from ae3tools.cli.device import device_romfs
+
+        role = romfs_partition(device, "--device")
+        target = Target(
+            virtual,
+            virtual_timing,
+            serial=serial,
+            path=path,
+            wait_timeout=wait_timeout,
+            timeout=timeout,
+        )
+        data = device_romfs(role, target, reset=True, show_progress=not as_json)
+        source = f"camera {device.lower()}"
+    elif image is not None:
+        role = romfs_partition(partition)
+        data = read_input(image, limit=MAX_INPUT_SIZE)
+        source = str(image)
+    else:
+        raise UsageError("give a ROMFS image file, or --device romfs0|romfs1")
     parsed = parse_romfs(
         data,
         partition=partition_for_role(role) if role else None,
@@ -151,7 +201,7 @@ def romfs_ls(
     if as_json:
         emit_json(
             {
-                "image": str(image),
+                "image": source,
                 "ok": parsed.ok,
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
@@ -163,7 +213,7 @@ def romfs_ls(
             }
         )
     else:
-        out.print(str(image))
+        out.print(source)
         print_columns(
             ("path", "size", "offset", "align", "sha256"),
             (_entry_row(e, d) for e, d in zip(parsed.entries, digests, strict=True)),
@@ -174,7 +224,7 @@ def romfs_ls(
                 f"{len(parsed.files)} files, filesystem {header.total_size} bytes "
                 f"of {parsed.image_size}, {parsed.builder}"
             )
-        print_findings(parsed.findings, f"{image}: ")
+        print_findings(parsed.findings, f"{source}: ")
     if not parsed.ok:
         raise typer.Exit(1)
 
@@ -304,6 +354,9 @@ def inspect(
     if missing:
         raise UsageError(f"{missing[0]}: no such file")
     # A bundle gets the report `verify` gives; every other file a row of the table.
+    from ae3tools.bundle import is_bundle, open_bundle
+    from ae3tools.cli.release import print_report, report_json
+
     bundles = [p for p in files if is_bundle(p)]
     files = [p for p in files if p not in bundles]
     reports = [open_bundle(p) for p in bundles]
@@ -319,6 +372,8 @@ def inspect(
         for report in reports:
             print_report(report)
     if artifacts and not as_json:
+        from rich.table import Table
+
         table = Table()
         for column in ("file", "what", "alt", "size", "use", "container", "status"):
             table.add_column(column, justify="right" if column in ("size", "use") else "left")

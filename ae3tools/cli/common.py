@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ae3tools import __version__
-from ae3tools.findings import Finding, Severity
+from ae3tools.findings import Finding, Severity, UsageError
 
 # C0 and C1 control characters other than newline and tab: never sent to a terminal.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -75,6 +75,20 @@ def _root(
     Exit status: 0 all well (warnings allowed), 1 a check or the camera failed,
     2 a usage error (a bad option, a missing input, an output that exists).
     """
+
+
+# ----------------------------------------------------------------------------- values
+
+_SIZE = re.compile(r"(0x[0-9a-f]+|[0-9]+)\s*(k|kib|m|mib)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024 * 1024, "mib": 1024 * 1024}
+
+
+def parse_size(text: str, option: str) -> int:
+    """A byte count: 4096, 0x1000, 64K or 3M (K and M are binary: KiB, MiB)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"{option} {text}: expected a byte count such as 4096, 0x1000, 64K, 3M")
+    return int(match.group(1), 0) * _UNITS[(match.group(2) or "").lower()]
 
 
 # ----------------------------------------------------------------------------- output

@@ -1,246 +1,119 @@
-"""Commands that talk to a camera: flash, devices, recover, erase-fs."""
+"""Commands that talk to a camera: flash, check, read, devices, recover, erase-fs.
+
+The device stack (pyusb, the DFU host, the virtual AE3) is imported inside each
+command, when it is about to open a camera.
+"""
 
 from __future__ import annotations
 
-import shlex
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from ae3tools.board import BOOTLOADER_PID, USB_VID, Role, partition_for_role
-from ae3tools.bundle import read_bundle
-from ae3tools.cli.common import JsonOption, app, emit_json, err, out, styled
-from ae3tools.dfu.flash import (
-    RECOVERY_TIMEOUT_MS,
-    FlashFailed,
-    ImageResult,
-    dfu_util_commands,
-    erase_filesystem,
-    flash_images,
-    load_recovery_key,
-    parse_only,
-    recover,
-    roles_text,
-    select_images,
+from ae3tools.board import PARTITIONS, Memory, Role, partition_by_name, partition_for_role
+from ae3tools.cli.common import (
+    ForceOption,
+    JsonOption,
+    app,
+    emit_json,
+    err,
+    out,
+    parse_size,
+    styled,
 )
-from ae3tools.dfu.host import (
-    DEFAULT_TIMEOUT_MS,
-    BootloaderInfo,
-    DeviceError,
-    DfuSession,
-    describe_bootloaders,
-    libusb_backend,
-    wait_for_bootloader,
+from ae3tools.cli.target import (
+    FaultOption,
+    PathOption,
+    PlugDelayOption,
+    ProgressBars,
+    ResetOption,
+    SerialOption,
+    Target,
+    TimeoutOption,
+    TimingOption,
+    VirtualOption,
+    WaitOption,
+    WaitTimeoutOption,
+    YesOption,
+    end_session,
+    resume_hint,
+    session_for,
+    shut,
 )
-from ae3tools.dfu.virtual import Fault, Timing
-from ae3tools.dfu.virtual_backend import VirtualBackend, virtual_backend
-from ae3tools.fileio import read_input
-from ae3tools.findings import UsageError
+from ae3tools.fileio import atomic_output, check_output, read_input
+from ae3tools.findings import DeviceError, UsageError
 from ae3tools.key import make_key_file
 
-# ----------------------------------------------------------------------------- options
+if TYPE_CHECKING:
+    from rich.table import Table
 
-VirtualOption = typer.Option(
-    None,
-    "--virtual",
-    envvar="AE3TOOLS_VIRTUAL",
-    metavar="DIR",
-    help="Use a virtual AE3 whose memory lives in DIR (one file per partition), "
-    "instead of USB. Also AE3TOOLS_VIRTUAL.",
-)
-TimingOption = typer.Option(
-    "realistic",
-    "--virtual-timing",
-    envvar="AE3TOOLS_VIRTUAL_TIMING",
-    help="Virtual AE3 costs: 'realistic' (1.5 s listen window, flash times) or 'zero', "
-    "optionally with overrides: realistic:nor_sector_erase=0.045:listen_window=none.",
-)
-FaultOption = typer.Option(
-    [],
-    "--fault",
-    envvar="AE3TOOLS_VIRTUAL_FAULTS",
-    help="Inject a virtual AE3 fault (repeatable, or comma-separated), e.g. "
-    "status:alt=HP:block=3:status=errWRITE, vanish:alt=ROMFS0:block=10, "
-    "stall:alt=HE:block=0, hang:alt=HP:block=5, slow:alt=HP:block=1:seconds=2.",
-)
-PlugDelayOption = typer.Option(
-    0.0,
-    "--virtual-plug-delay",
-    envvar="AE3TOOLS_VIRTUAL_PLUG_DELAY",
-    hidden=True,
-    help="Seconds before the virtual AE3 appears (to rehearse --wait).",
-)
-SerialOption = typer.Option(None, "--serial", "-S", help="Use the bootloader with this serial.")
-PathOption = typer.Option(
-    None, "--path", "-p", help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4."
-)
-WaitOption = typer.Option(
-    True, "--wait/--no-wait", help="Wait for the bootloader to appear (it listens ~1.5 s)."
-)
-WaitTimeoutOption = typer.Option(
-    30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for the bootloader."
-)
-TimeoutOption = typer.Option(
-    DEFAULT_TIMEOUT_MS / 1000,
-    "--timeout",
-    metavar="SECONDS",
-    help="USB control transfer timeout in seconds.",
-)
-ResetOption = typer.Option(
-    True, "--reset/--no-reset", help="DETACH and reset at the end so the camera boots."
-)
-YesOption = typer.Option(False, "--yes", "-y", help="Confirm the destructive operation.")
+    from ae3tools.dfu.builder import ImageComparison, ImageResult
+
+# spec §7: recovery runs four chip erases inside one GETSTATUS; give it minutes, not 5 s.
+RECOVERY_TIMEOUT = 300.0
+
+OnlyOption = typer.Option(None, "--only", help="Only these images: hp,he,romfs1,romfs0.")
 
 
-@dataclass(frozen=True)
-class Target:
-    """Which camera a command talks to, from the shared options."""
+def _table(columns: Sequence[str], right: Sequence[str] = ()) -> Table:
+    from rich.table import Table
 
-    virtual: Path | None
-    timing: str
-    faults: list[str]
-    plug_delay: float
-    serial: str | None
-    path: str | None
-    wait: bool
-    wait_timeout: float
-    timeout: float  # seconds, per control transfer
-
-    @property
-    def timeout_ms(self) -> int:
-        return max(1, round(self.timeout * 1000))
-
-    def backend(self) -> Any:
-        if self.virtual is None:
-            return libusb_backend()
-        try:
-            timing = Timing.parse(self.timing)
-            faults = Fault.parse_many(self.faults)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            backend = virtual_backend(
-                self.virtual, timing=timing, faults=faults, plug_delay=self.plug_delay
-            )
-        except OSError as exc:
-            raise UsageError(f"--virtual {self.virtual}: {exc.strerror or exc}") from None
-        if backend.devices[0].memory.created:
-            err.print(f"created a new virtual AE3 in {self.virtual} (blank memory)")
-        return backend
-
-    def options(self) -> list[str]:
-        """The options that pick this camera again, for a command printed as a hint."""
-        picked = [("--serial", self.serial), ("--path", self.path)]
-        if self.virtual is not None:
-            picked += [("--virtual", str(self.virtual)), ("--virtual-timing", self.timing)]
-        return [part for name, value in picked if value for part in (name, value)]
-
-
-def shut(backend: Any) -> None:
-    if isinstance(backend, VirtualBackend):
-        backend.shutdown()
-
-
-@contextmanager
-def session_for(target: Target) -> Iterator[tuple[DfuSession, BootloaderInfo]]:
-    """Find, open and check the bootloader; the camera must have the AE3's alt layout."""
-    backend = target.backend()
-    try:
-
-        def waiting() -> None:
-            err.print(
-                f"waiting for the AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}): plug the "
-                "camera in or press its reset button..."
-            )
-
-        device = wait_for_bootloader(
-            backend,
-            serial=target.serial,
-            path=target.path,
-            wait=target.wait_timeout if target.wait else 0.0,
-            on_waiting=waiting,
-        )
-        session = DfuSession(device, timeout_ms=target.timeout_ms)
-        info = session.open()
-        session.check_layout(info.alt_names)
-        yield session, info
-    finally:
-        shut(backend)
-
-
-class ProgressBars:
-    """A FlashObserver drawing one rich progress bar per transfer, on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description:<16}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=not enabled,
-        )
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> ProgressBars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def begin(self, label: str, total: int) -> None:
-        self.task = self.progress.add_task(label, total=total)
-
-    def advance(self, done: int) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=done)
-
-    def end(self) -> None:
-        self.task = None
-
-
-def results_table(results: list[ImageResult]) -> Table:
     table = Table()
-    for column in ("image", "alt", "bytes", "seconds", "verified"):
-        table.add_column(column, justify="right" if column in ("bytes", "seconds") else "left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def results_table(results: Sequence[ImageResult]) -> Table:
+    numbers = ("bytes", "written", "skipped", "read", "seconds")
+    table = _table(("image", "alt", *numbers, "verified"), right=numbers)
     for r in results:
+        if r.verified:
+            verdict = styled("equal" if r.written == 0 else "read back equal", "green")
+        else:
+            verdict = styled("not read back", "yellow")
         table.add_row(
             r.role.name,
             f"{r.partition.alt} {r.partition.name}",
             str(r.length),
-            f"{r.write_seconds + (r.verify_seconds or 0):.2f}",
-            styled("read back equal", "green") if r.verified else styled("not read back", "yellow"),
+            f"{r.written}/{r.blocks}",
+            str(r.skipped),
+            str(r.read + r.read_back),
+            f"{r.seconds:.2f}",
+            verdict,
         )
     return table
 
 
-def failure_hint(exc: FlashFailed, bundle: Path, target: Target) -> str:
-    resume = shlex.join(
-        ["ae3tools", "flash", str(bundle), "--only", roles_text(exc.remaining), *target.options()]
-    )
-    if exc.session_lost:
-        return (
-            "The camera left the bootloader (or stopped answering). Replug it (or press reset) "
-            f"and run again; to write only what is left: {resume}"
+def _ranges_text(ranges: Sequence[tuple[int, int]], shown: int = 8) -> str:
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:shown]]
+    more = f" and {len(ranges) - shown} more ranges" if len(ranges) > shown else ""
+    return ", ".join(parts) + more
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
+    table = _table(("image", "alt", "bytes", "blocks", "result"), right=("bytes", "blocks"))
+    for c in comparisons:
+        result = (
+            styled("equal", "green")
+            if c.equal
+            else styled(f"{c.differing_blocks} blocks differ: {_ranges_text(c.differing)}", "red")
         )
-    return f"The camera is still in the bootloader (not reset). To resume: {resume}"
+        table.add_row(
+            c.role.name,
+            f"{c.partition.alt} {c.partition.name}",
+            str(c.length),
+            str(c.blocks),
+            result,
+        )
+    return table
 
 
 # ----------------------------------------------------------------------------- commands
@@ -249,11 +122,14 @@ def failure_hint(exc: FlashFailed, bundle: Path, target: Target) -> str:
 @app.command()
 def flash(
     bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
-    only: str | None = typer.Option(
-        None, "--only", help="Flash only these images: hp,he,romfs1,romfs0."
+    only: str | None = OnlyOption,
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Write every block, as dfu-util does, instead of only those that differ.",
     ),
     verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Read every image back and compare."
+        True, "--verify/--no-verify", help="Read every written block back and compare."
     ),
     reset: bool = ResetOption,
     dry_run: bool = typer.Option(
@@ -270,14 +146,19 @@ def flash(
     plug_delay: float = PlugDelayOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Flash a verified bundle onto an AE3 in one DFU session, reading every image back.
+    """Flash a verified bundle onto an AE3 in one DFU session, writing only what changed.
 
     The whole bundle is verified before USB is touched. Then the bootloader is found
-    (waiting for it), the session is latched at once, the images are written in the
-    bundle's order and read back, and the camera is reset.
+    (waiting for it) and the session is latched at once. For each image, the camera's
+    blocks are read and only those that differ are written (`--full` writes them all);
+    every written block is read back and compared, and the camera is reset. A re-run
+    after a failure writes only what is still wrong.
 
     Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
     """
+    from ae3tools.bundle import read_bundle
+    from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
+
     images = select_images(read_bundle(bundle), parse_only(only))
     if dry_run:
         commands = dfu_util_commands(images, reset=reset)
@@ -289,16 +170,19 @@ def flash(
                         {"role": i.role.value, "alt": i.partition.alt, "bytes": len(i.data)}
                         for i in images
                     ],
+                    "incremental": not full,
                     "verify": verify,
                     "reset": reset,
                     "dfu_util": commands,
                 }
             )
             return
+        how = "write every block of" if full else "write the blocks that differ of"
+        then = ", then read them back" if verify else ""
         for i in images:
             out.print(
-                f"would write {i.role.name:<7} {len(i.data):>9} bytes to alt "
-                f"{i.partition.alt} {i.partition.name}" + (", then read it back" if verify else "")
+                f"would {how} {i.role.name:<7} {len(i.data):>9} bytes to alt "
+                f"{i.partition.alt} {i.partition.name}{then}"
             )
         out.print("then DETACH and reset" if reset else "then stay in the bootloader")
         out.print(f"equivalent dfu-util commands (after unzip {bundle}):")
@@ -306,23 +190,24 @@ def flash(
             out.print(f"  {command}")
         return
 
+    from ae3tools.dfu.flash import FlashFailed, flash_images
+
     target = Target(
-        virtual, virtual_timing, fault, plug_delay, serial, path, wait, wait_timeout, timeout
+        virtual, virtual_timing, tuple(fault), plug_delay, serial, path, wait, wait_timeout, timeout
     )
     started = time.perf_counter()
     try:
         with session_for(target) as (session, info), ProgressBars(not as_json) as bars:
             if not as_json:
                 err.print(f"bootloader {info.version or '?'} serial {info.serial} at {info.path}")
-            results = flash_images(session, images, verify=verify, observer=bars)
-            if reset:
-                session.detach_and_reset()
-            else:
-                session.close()
+            results = flash_images(
+                session, images, incremental=not full, verify=verify, observer=bars
+            )
+            end_session(session, reset)
     except FlashFailed as exc:
         raise DeviceError(
             str(exc),
-            hint=failure_hint(exc, bundle, target),
+            hint=resume_hint(exc, ["ae3tools", "flash", str(bundle)], target),
             details={
                 "bundle": str(bundle),
                 "images": [r.as_dict() for r in exc.completed],
@@ -333,6 +218,7 @@ def flash(
         "bundle": str(bundle),
         "ok": True,
         "device": info.as_dict(),
+        "incremental": not full,
         "images": [r.as_dict() for r in results],
         "reset": reset,
         "seconds": round(time.perf_counter() - started, 3),
@@ -341,9 +227,149 @@ def flash(
         emit_json(report)
         return
     out.print(results_table(results))
-    verdict = "flashed and verified" if verify else "flashed (not read back: --no-verify)"
+    written = sum(r.written for r in results)
+    blocks = sum(r.blocks for r in results)
+    verdict = (
+        "flashed and verified"
+        if all(r.verified for r in results)
+        else "flashed (written blocks not read back: --no-verify)"
+    )
     after = "camera reset" if reset else "camera left in the bootloader"
-    out.print(f"{len(results)} images {verdict} in {report['seconds']} s; {after}")
+    rest = ", the rest already equal" if written < blocks else ""
+    out.print(
+        f"{len(results)} images {verdict} in {report['seconds']} s: {written} of {blocks} "
+        f"blocks written{rest}; {after}"
+    )
+
+
+@app.command()
+def check(
+    bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
+    only: str | None = OnlyOption,
+    reset: bool = ResetOption,
+    serial: str | None = SerialOption,
+    path: str | None = PathOption,
+    wait: bool = WaitOption,
+    wait_timeout: float = WaitTimeoutOption,
+    timeout: float = TimeoutOption,
+    virtual: Path | None = VirtualOption,
+    virtual_timing: str = TimingOption,
+    fault: list[str] = FaultOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Compare the camera with a bundle, writing nothing.
+
+    Every block the bundle's images cover is read and compared. Exit status 0 when the
+    camera holds the bundle, 1 when any image differs (the differing block ranges are
+    listed: `ae3tools flash` writes just those).
+
+    Example: ae3tools check ae3-v4.7.0.zip --json
+    """
+    from ae3tools.bundle import read_bundle
+    from ae3tools.dfu.flash import check_images, parse_only, select_images
+
+    images = select_images(read_bundle(bundle), parse_only(only))
+    target = Target(
+        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
+    )
+    with session_for(target) as (session, info), ProgressBars(not as_json) as bars:
+        comparisons = check_images(session, images, observer=bars)
+        end_session(session, reset)
+    equal = all(c.equal for c in comparisons)
+    if as_json:
+        emit_json(
+            {
+                "bundle": str(bundle),
+                "ok": equal,
+                "device": info.as_dict(),
+                "images": [c.as_dict() for c in comparisons],
+                "reset": reset,
+            }
+        )
+    else:
+        out.print(comparison_table(comparisons))
+        differing = [c.role.value for c in comparisons if not c.equal]
+        out.print(
+            "the camera holds the bundle"
+            if equal
+            else f"the camera differs from the bundle in {', '.join(differing)}: "
+            f"`ae3tools flash {bundle}` writes just the differing blocks"
+        )
+    if not equal:
+        raise typer.Exit(1)
+
+
+READABLE = tuple(p.name.lower() for p in PARTITIONS if p.memory is not Memory.RECOVERY)
+
+
+@app.command()
+def read(
+    partition_name: str = typer.Argument(
+        ..., metavar="PARTITION", help=f"Which partition: {', '.join(READABLE)}."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write the dump to."),
+    length: str | None = typer.Option(
+        None,
+        "--length",
+        "-l",
+        metavar="BYTES",
+        help="Stop after this many bytes (4096, 0x1000, 64K, 3M); default: the partition.",
+    ),
+    force: bool = ForceOption,
+    reset: bool = ResetOption,
+    serial: str | None = SerialOption,
+    path: str | None = PathOption,
+    wait: bool = WaitOption,
+    wait_timeout: float = WaitTimeoutOption,
+    timeout: float = TimeoutOption,
+    virtual: Path | None = VirtualOption,
+    virtual_timing: str = TimingOption,
+    fault: list[str] = FaultOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Dump a partition of the camera to a file (exactly the partition, no end marker).
+
+    Back up the internal filesystem before `recover` (`read rwfs`), or pull ROMFS0 off
+    a camera to inspect it. The file appears only once the whole dump is read.
+
+    Example: ae3tools read rwfs -o rwfs-backup.img
+    """
+    if partition_name.lower() not in READABLE:
+        raise UsageError(f"{partition_name}: expected one of {', '.join(READABLE)}")
+    partition = partition_by_name(partition_name)
+    size = partition.size if length is None else parse_size(length, "--length")
+    if not 0 < size <= partition.size:
+        raise UsageError(f"--length {length}: {partition.name} holds 1 to {partition.size} bytes")
+    check_output(output, force=force)
+    target = Target(
+        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
+    )
+    started = time.perf_counter()
+    with (
+        session_for(target) as (session, _),
+        ProgressBars(not as_json) as bars,
+        atomic_output(output, force=force) as stream,
+    ):
+        bars.begin(f"read {partition.name}", size)
+        for chunk in session.read_blocks(partition, size, progress=bars.advance):
+            stream.write(chunk)
+        bars.end()
+        end_session(session, reset)
+    seconds = round(time.perf_counter() - started, 3)
+    if as_json:
+        emit_json(
+            {
+                "ok": True,
+                "partition": partition.name,
+                "alt": partition.alt,
+                "output": str(output),
+                "bytes": size,
+                "seconds": seconds,
+                "reset": reset,
+            }
+        )
+    else:
+        out.print(f"wrote {output}: {size} bytes of {partition.name} (alt {partition.alt})")
 
 
 @app.command()
@@ -358,10 +384,9 @@ def devices(
 
     Example: ae3tools devices --json
     """
-    target = Target(
-        virtual, virtual_timing, [], 0.0, None, None, False, 0.0, DEFAULT_TIMEOUT_MS / 1000
-    )
-    backend = target.backend()
+    from ae3tools.dfu.host import describe_bootloaders
+
+    backend = Target(virtual, virtual_timing).backend()
     try:
         found = describe_bootloaders(backend)
     finally:
@@ -375,9 +400,7 @@ def devices(
             "`ae3tools flash` waits for it)"
         )
         return
-    table = Table()
-    for column in ("serial", "path", "bootloader", "alt settings"):
-        table.add_column(column)
+    table = _table(("serial", "path", "bootloader", "alt settings"))
     for d in found:
         table.add_row(
             d.serial or "?",
@@ -403,7 +426,7 @@ def recover_command(
     wait: bool = WaitOption,
     wait_timeout: float = WaitTimeoutOption,
     timeout: float = typer.Option(
-        RECOVERY_TIMEOUT_MS / 1000,
+        RECOVERY_TIMEOUT,
         "--timeout",
         metavar="SECONDS",
         help="Control transfer timeout in seconds (recovery runs four chip erases).",
@@ -415,8 +438,9 @@ def recover_command(
 ) -> None:
     """Re-initialise the external flash chip with the MRAM recovery key (alt 7).
 
-    This BLANKS the external flash: the internal filesystem (RWFS) and ROMFS0. With
-    --bundle, ROMFS0 is written again from the bundle in the same session.
+    This BLANKS the external flash: the internal filesystem (RWFS) and ROMFS0. Back the
+    filesystem up first with `ae3tools read rwfs -o rwfs.img`. With --bundle, ROMFS0 is
+    written again from the bundle in the same session.
 
     Example: ae3tools recover --yes --bundle ae3-v4.7.0.zip
     """
@@ -424,6 +448,15 @@ def recover_command(
         raise UsageError(
             "recover blanks the external flash (the filesystem and ROMFS0): run it again with --yes"
         )
+    from ae3tools.bundle import read_bundle
+    from ae3tools.dfu.flash import (
+        FlashFailed,
+        flash_images,
+        load_recovery_key,
+        recover,
+        select_images,
+    )
+
     key_limit = partition_for_role(Role.KEY).size
     key_bytes = (
         load_recovery_key(read_input(key, limit=key_limit), str(key)) if key else make_key_file()
@@ -431,19 +464,20 @@ def recover_command(
     romfs0 = []
     if bundle is not None:
         romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})
-    target = Target(virtual, virtual_timing, fault, 0.0, serial, path, wait, wait_timeout, timeout)
+    target = Target(
+        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
+    )
     with session_for(target) as (session, _), ProgressBars(not as_json) as bars:
         seconds = recover(session, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
-        results = []
+        results: list[ImageResult] = []
         if romfs0:
             try:
-                results = flash_images(session, romfs0, observer=bars)
+                # The chip is blank: nothing to compare, every block is written.
+                results = flash_images(session, romfs0, incremental=False, observer=bars)
             except FlashFailed as exc:
-                raise DeviceError(
-                    str(exc), hint=failure_hint(exc, bundle or Path(), target)
-                ) from None
-        if reset:
-            session.detach_and_reset()
+                command = ["ae3tools", "flash", str(bundle)]
+                raise DeviceError(str(exc), hint=resume_hint(exc, command, target)) from None
+        end_session(session, reset)
     if as_json:
         emit_json(
             {
@@ -485,9 +519,22 @@ def erase_fs(
     """
     if not yes:
         raise UsageError("erase-fs deletes every file on the camera: run it again with --yes")
-    target = Target(virtual, virtual_timing, fault, 0.0, serial, path, wait, wait_timeout, timeout)
+    from ae3tools.dfu.flash import erase_filesystem
+
+    target = Target(
+        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
+    )
     with session_for(target) as (session, _):
         erase_filesystem(session)
-        if reset:
-            session.detach_and_reset()
+        end_session(session, reset)
     out.print("filesystem erased" + ("; camera reset" if reset else ""))
+
+
+def device_romfs(role: Role, target: Target, *, reset: bool, show_progress: bool) -> bytes:
+    """Just the ROMFS image in the camera's `role` partition (for `romfs ls --device`)."""
+    from ae3tools.dfu.flash import read_romfs_image
+
+    with session_for(target) as (session, _), ProgressBars(show_progress) as bars:
+        data = read_romfs_image(session, partition_for_role(role), observer=bars)
+        end_session(session, reset)
+    return data

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from ae3tools.board import Role, partition_for_role
-from ae3tools.bundle import (
-    BundleReport,
-    ReleaseInfo,
-    merge_inputs,
-    open_bundle,
-    resolve_build_date,
-    write_bundle,
-)
 from ae3tools.cli.common import (
     STATUS_TEXT,
     ForceOption,
@@ -31,6 +22,9 @@ from ae3tools.cli.common import (
     styled,
 )
 from ae3tools.findings import Severity
+
+if TYPE_CHECKING:
+    from ae3tools.bundle import BundleReport
 
 
 def report_json(report: BundleReport) -> dict[str, Any]:
@@ -64,6 +58,8 @@ def print_report(report: BundleReport) -> None:
     manifest = report.manifest
     release = manifest.release.as_dict() if manifest else {}
     title = " ".join([report.path, *(f"{k}={v}" for k, v in release.items())])
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in ("order", "role", "alt", "size", "use", "sha256", "status"):
         table.add_column(column, justify="right" if column in ("order", "size", "use") else "left")
@@ -88,6 +84,8 @@ def print_report(report: BundleReport) -> None:
 
 
 def show_bundle(path: Path, as_json: bool) -> BundleReport:
+    from ae3tools.bundle import open_bundle
+
     report = open_bundle(path)
     if as_json:
         emit_json(report_json(report))
@@ -138,6 +136,14 @@ def bundle(
 
     Example: ae3tools bundle --from build/ --release v4.7.0 -o ae3-v4.7.0.zip
     """
+    from ae3tools.bundle import (
+        ReleaseInfo,
+        merge_inputs,
+        open_bundle,
+        resolve_build_date,
+        write_bundle,
+    )
+
     inputs = merge_inputs(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
     )

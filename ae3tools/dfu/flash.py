@@ -1,7 +1,8 @@
 """Flash plans: verified bundle images onto a camera, read back, reset; recovery; FS wipe.
 
-This layer decides what to write and in which order; `DfuSession` does the USB. It
-reports through an observer and returns results: it never prints.
+This layer decides which images, in which order (the blocks within an image are the
+builder's); `DfuSession` does the USB. It reports through an observer and returns
+results: it never prints.
 """
 
 from __future__ import annotations
@@ -9,71 +10,34 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from ae3tools.board import (
     BOOTLOADER_PID,
+    PARTITIONS,
     RWFS_ERASE_PAYLOAD_SIZE,
     USB_VID,
+    Memory,
     Partition,
     Role,
     partition_by_name,
     partition_for_role,
 )
 from ae3tools.bundle import BundleImage
-from ae3tools.dfu.host import DeviceError, DfuSession
-from ae3tools.findings import UsageError, errors_in
+from ae3tools.dfu.builder import (
+    FlashObserver,
+    ImageComparison,
+    ImageResult,
+    Silent,
+    compare_image,
+    write_image,
+)
+from ae3tools.dfu.host import DfuSession
+from ae3tools.findings import DeviceError, UsageError, errors_in
 from ae3tools.key import check_key
+from ae3tools.romfs import is_romfs, romfs_extent
 
 # spec §7: recovery runs four chip erases inside one GETSTATUS; give it minutes, not 5 s.
 RECOVERY_TIMEOUT_MS = 300_000
-
-
-class FlashObserver(Protocol):
-    def begin(self, label: str, total: int) -> None: ...
-
-    def advance(self, done: int) -> None: ...
-
-    def end(self) -> None: ...
-
-
-class _Silent:
-    def begin(self, label: str, total: int) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    role: Role
-    partition: Partition
-    length: int
-    write_seconds: float
-    verify_seconds: float | None  # None: read-back skipped (--no-verify)
-
-    @property
-    def verified(self) -> bool:
-        return self.verify_seconds is not None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "role": self.role.value,
-            "alt": self.partition.alt,
-            "alt_name": self.partition.name,
-            "bytes": self.length,
-            "write_seconds": round(self.write_seconds, 4),
-            "verify_seconds": None
-            if self.verify_seconds is None
-            else round(self.verify_seconds, 4),
-            "seconds": round(self.write_seconds + (self.verify_seconds or 0), 4),
-            "verified": self.verified,
-        }
 
 
 class FlashFailed(DeviceError):
@@ -146,37 +110,62 @@ def flash_images(
     session: DfuSession,
     images: Sequence[BundleImage],
     *,
+    incremental: bool = True,
     verify: bool = True,
     observer: FlashObserver | None = None,
 ) -> list[ImageResult]:
-    """Write each image (then read it back) in one session, in order.
+    """Bring each image onto the camera in one session, in order (see `write_image`).
 
     Raises FlashFailed at the first failure; nothing after it is attempted and the
     camera is not reset, so it stays in the bootloader for a re-run.
     """
-    observer = observer or _Silent()
     results: list[ImageResult] = []
     for index, image in enumerate(images):
-        partition = image.partition
         try:
-            started = time.perf_counter()
-            observer.begin(f"write {partition.name}", len(image.data))
-            session.download(partition, image.data, progress=observer.advance)
-            observer.end()
-            written = time.perf_counter()
-            checked: float | None = None
-            if verify:
-                observer.begin(f"verify {partition.name}", len(image.data))
-                session.verify(partition, image.data, progress=observer.advance)
-                observer.end()
-                checked = time.perf_counter() - written
+            result = write_image(
+                session, image, incremental=incremental, verify=verify, observer=observer
+            )
         except DeviceError as exc:
-            observer.end()
             raise FlashFailed(exc, results, [i.role for i in images[index:]]) from None
-        results.append(
-            ImageResult(image.role, partition, len(image.data), written - started, checked)
-        )
+        results.append(result)
     return results
+
+
+def check_images(
+    session: DfuSession, images: Sequence[BundleImage], *, observer: FlashObserver | None = None
+) -> list[ImageComparison]:
+    """Compare each image with the camera, writing nothing."""
+    return [compare_image(session, image, observer=observer) for image in images]
+
+
+def readable_partitions() -> list[Partition]:
+    """What `read` can dump: every partition but RECOVERY, whose upload fails (§6)."""
+    return [p for p in PARTITIONS if p.memory is not Memory.RECOVERY]
+
+
+def read_romfs_image(
+    session: DfuSession, partition: Partition, *, observer: FlashObserver | None = None
+) -> bytes:
+    """The ROMFS image in `partition`, and no more: its header says how long it is, so
+    a small image in the 24 MiB ROMFS0 costs a few blocks, not the whole partition."""
+    observer = observer or Silent()
+    session.begin(partition)
+    first = session.read_block(partition, 0)
+    extent = romfs_extent(first)
+    if extent is None:  # not a ROMFS (one block tells the parser so), or a huge header
+        length = partition.size if is_romfs(first) else len(first)
+    else:
+        length = min(extent, partition.size)
+    observer.begin(f"read {partition.name}", length)
+    try:
+        chunks = [first[:length]]
+        if length > len(first):
+            chunks.extend(
+                session.read_blocks(partition, length, progress=observer.advance, start=1)
+            )
+    finally:
+        observer.end()
+    return b"".join(chunks)
 
 
 def load_recovery_key(data: bytes, source: str) -> bytes:
@@ -194,7 +183,7 @@ def recover(
     observer: FlashObserver | None = None,
 ) -> float:
     """§7: the key to RECOVERY block 0, then the manifest. Returns the seconds it took."""
-    observer = observer or _Silent()
+    observer = observer or Silent()
     partition = partition_for_role(Role.KEY)
     started = time.perf_counter()
     observer.begin("recovery (chip erase)", len(key))

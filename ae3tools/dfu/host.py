@@ -8,10 +8,11 @@ DNLOAD and GETSTATUS until IDLE, UPLOAD in 4096-byte blocks.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from ae3tools.board import (
     Partition,
 )
 from ae3tools.dfu.protocol import (
+    DEFAULT_TIMEOUT_MS,
     REQUEST_IN,
     REQUEST_OUT,
     STATUS_LENGTH,
@@ -39,9 +41,8 @@ from ae3tools.dfu.protocol import (
     Request,
     State,
 )
-from ae3tools.findings import Ae3Error, UsageError
+from ae3tools.findings import Ae3Error, DeviceError, UsageError
 
-DEFAULT_TIMEOUT_MS = 5000
 MAX_POLLS = 10_000  # GETSTATUS polls for one block before giving up on a stuck device
 DFU_INTERFACE = 0
 UDEV_RULE = (
@@ -60,37 +61,11 @@ NO_DRIVER_HINT = (
 Progress = Callable[[int], None]  # bytes done so far in the current transfer
 
 
-class DeviceError(Ae3Error):
-    """Talking to the camera failed. `where` says which alt and block, when known."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str = "",
-        vanished: bool = False,
-        timed_out: bool = False,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint, details=details)
-        self.vanished = vanished  # the camera left the bus
-        self.timed_out = timed_out  # the camera stopped answering
-
-    @property
-    def session_lost(self) -> bool:
-        """Whether the bootloader session is over: a re-run needs the camera replugged."""
-        return self.vanished or self.timed_out
-
-
 class DfuStatusError(DeviceError):
     def __init__(self, where: str, status: DfuStatus) -> None:
         sentence = STATUS_SENTENCES.get(status.status, "unknown status")
         super().__init__(f"{where}: the bootloader reported {status.status.name}: {sentence}")
         self.status = status
-
-
-class VerifyError(DeviceError):
-    pass
 
 
 def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> DeviceError:
@@ -308,7 +283,7 @@ class DfuSession:
         self,
         request: Request,
         value: int,
-        data: bytes | memoryview,
+        data: bytes | array.array[int],
         where: str,
         timeout_ms: int | None = None,
     ) -> None:
@@ -426,6 +401,41 @@ class DfuSession:
                 time.sleep(status.poll_timeout_ms / 1000)
         raise DeviceError(f"{where}: the bootloader stayed busy through {MAX_POLLS} polls")
 
+    def begin(self, partition: Partition) -> None:
+        """Start work on one partition: §9 step 4.1-4.2 (select the alt, leave ERROR)."""
+        self._start(partition)
+
+    def write_block(
+        self,
+        partition: Partition,
+        block: int,
+        data: bytes | memoryview,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """DNLOAD one block (at block x 4096, §5) and wait for DNLOAD_IDLE (§4.3)."""
+        where = f"{partition.name} (alt {partition.alt}) block {block}"
+        # pyusb passes an array('B') through as is; anything else it copies byte by byte.
+        payload = array.array("B")
+        payload.frombytes(data)
+        self._out(Request.DNLOAD, block, payload, where, timeout_ms)
+        status = self._poll(where, (State.DNBUSY, State.DNLOAD_SYNC), timeout_ms)
+        if status.state is not State.DNLOAD_IDLE:
+            raise DeviceError(
+                f"{where}: expected DNLOAD_IDLE, the bootloader is in {status.state.name}"
+            )
+
+    def read_block(self, partition: Partition, block: int) -> bytes:
+        """UPLOAD one whole block (§6); a short reply is an error or the end marker."""
+        where = f"{partition.name} (alt {partition.alt}) read block {block}"
+        chunk = self._in(Request.UPLOAD, block, DFU_BLOCK_SIZE, where)
+        if len(chunk) != DFU_BLOCK_SIZE:
+            status = self.get_status(where)
+            if status.state is State.ERROR:
+                self.clear_status()
+                raise DfuStatusError(where, status)
+            raise DeviceError(f"{where}: short read of {len(chunk)} bytes (end of partition)")
+        return chunk
+
     def download(
         self,
         partition: Partition,
@@ -433,26 +443,16 @@ class DfuSession:
         *,
         progress: Progress | None = None,
         timeout_ms: int | None = None,
-        manifest: bool = True,
     ) -> None:
-        """Write `data` at the start of `partition` (block addresses are block x 4096, §5)."""
+        """Write `data` at the start of `partition`, every block, then the manifest."""
         self._start(partition)
         view = memoryview(data)
-        label = f"{partition.name} (alt {partition.alt})"
-        block = 0
-        for block, offset in enumerate(range(0, len(data), DFU_BLOCK_SIZE)):
-            where = f"{label} block {block}"
-            chunk = view[offset : offset + DFU_BLOCK_SIZE]
-            self._out(Request.DNLOAD, block, chunk, where, timeout_ms)
-            status = self._poll(where, (State.DNBUSY, State.DNLOAD_SYNC), timeout_ms)
-            if status.state is not State.DNLOAD_IDLE:
-                raise DeviceError(
-                    f"{where}: expected DNLOAD_IDLE, the bootloader is in {status.state.name}"
-                )
+        offsets = range(0, len(data), DFU_BLOCK_SIZE)
+        for block, offset in enumerate(offsets):
+            self.write_block(partition, block, view[offset : offset + DFU_BLOCK_SIZE], timeout_ms)
             if progress:
                 progress(min(offset + DFU_BLOCK_SIZE, len(data)))
-        if manifest:
-            self.manifest(partition, block + 1, timeout_ms)
+        self.manifest(partition, len(offsets), timeout_ms)
 
     def manifest(self, partition: Partition, block: int, timeout_ms: int | None = None) -> None:
         """The zero-length DNLOAD that ends an image (§4.3); manifestation-tolerant: IDLE."""
@@ -462,41 +462,28 @@ class DfuSession:
         if status.state is not State.IDLE:
             raise DeviceError(f"{where}: expected IDLE, the bootloader is in {status.state.name}")
 
+    def read_blocks(
+        self,
+        partition: Partition,
+        length: int,
+        *,
+        progress: Progress | None = None,
+        start: int = 0,
+    ) -> Iterator[bytes]:
+        """The first `length` bytes of `partition` from block `start` on, block by block
+        (§6); the last block is cut to `length`."""
+        self._start(partition)
+        for offset in range(start * DFU_BLOCK_SIZE, length, DFU_BLOCK_SIZE):
+            chunk = self.read_block(partition, offset // DFU_BLOCK_SIZE)
+            yield chunk[: length - offset]
+            if progress:
+                progress(min(offset + DFU_BLOCK_SIZE, length))
+
     def upload(
         self, partition: Partition, length: int, *, progress: Progress | None = None
     ) -> bytes:
-        """Read the first `length` bytes of `partition` in 4096-byte blocks (§6)."""
-        self._start(partition)
-        label = f"{partition.name} (alt {partition.alt})"
-        chunks = []
-        for block, offset in enumerate(range(0, length, DFU_BLOCK_SIZE)):
-            where = f"{label} read-back block {block}"
-            chunk = self._in(Request.UPLOAD, block, DFU_BLOCK_SIZE, where)
-            if len(chunk) != DFU_BLOCK_SIZE:
-                status = self.get_status(where)
-                if status.state is State.ERROR:
-                    self.clear_status()
-                    raise DfuStatusError(where, status)
-                raise DeviceError(f"{where}: short read of {len(chunk)} bytes (end of partition)")
-            chunks.append(chunk)
-            if progress:
-                progress(min(offset + DFU_BLOCK_SIZE, length))
-        return b"".join(chunks)[:length]
-
-    def verify(
-        self, partition: Partition, data: bytes, *, progress: Progress | None = None
-    ) -> None:
-        """Read back exactly len(data) bytes and compare; names the first differing byte."""
-        actual = self.upload(partition, len(data), progress=progress)
-        if actual != data:
-            first = next(
-                (i for i, (a, b) in enumerate(zip(actual, data, strict=False)) if a != b),
-                min(len(actual), len(data)),
-            )
-            raise VerifyError(
-                f"{partition.name} (alt {partition.alt}): read-back differs from the image at "
-                f"byte {first} (block {first // DFU_BLOCK_SIZE})"
-            )
+        """Read the first `length` bytes of `partition` (§6)."""
+        return b"".join(self.read_blocks(partition, length, progress=progress))
 
     # ---------------------------------------------------------------- ending
 

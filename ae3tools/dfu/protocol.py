@@ -9,6 +9,9 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+# A host's control transfer timeout: dfu-util's default (spec §7 mentions it).
+DEFAULT_TIMEOUT_MS = 5000
+
 # spec §3: class requests use interface recipient; bmRequestType 0x21 (OUT) or 0xA1 (IN).
 REQUEST_OUT = 0x21
 REQUEST_IN = 0xA1

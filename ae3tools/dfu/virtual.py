@@ -181,6 +181,24 @@ def precise_sleep(seconds: float) -> None:
 _SPIN = 0.0005
 
 
+class SimulatedClock:
+    """Device time for benchmarks: waits are added up, not slept.
+
+    A virtual AE3 on this clock answers at once, and its modelled device time is exact
+    and repeatable however busy the host is; the host's own cost is then measured apart
+    (process CPU time). Wall-clock runs (the bridge against dfu-util) keep the real clock.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
 # ----------------------------------------------------------------------------- faults
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import errno
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,9 +27,11 @@ from ae3tools.dfu.virtual import (
     Fault,
     NoDevice,
     Setup,
+    SimulatedClock,
     Stall,
     Timing,
     VirtualAE3,
+    precise_sleep,
 )
 
 # libusb's codes, as pyusb's libusb1 backend reports them (libusb.h).
@@ -259,9 +262,19 @@ def virtual_backend(
     faults: Iterable[Fault] = (),
     plug_delay: float = 0.0,
     forced: bool = False,
+    clock: SimulatedClock | None = None,
 ) -> VirtualBackend:
-    """A bus with one virtual AE3, plugged in now (or after `plug_delay` seconds)."""
+    """A bus with one virtual AE3, plugged in now (or after `plug_delay` seconds).
+
+    `clock`: run the device on simulated time (benchmarks) instead of sleeping.
+    """
     device = VirtualAE3(
-        DeviceMemory(directory), timing, faults, plug_delay=plug_delay, forced=forced
+        DeviceMemory(directory),
+        timing,
+        faults,
+        plug_delay=plug_delay,
+        forced=forced,
+        clock=clock or time.monotonic,
+        sleep=clock.sleep if clock else precise_sleep,
     )
     return VirtualBackend([device])
