@@ -36,7 +36,7 @@ from ae3tools.board import DFU_BLOCK_SIZE, FLASH_ORDER, Role, partition_for_role
 from ae3tools.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.dfu.builder import ImageResult
 from ae3tools.dfu.flash import flash_images
-from ae3tools.dfu.host import DfuSession, wait_for_bootloader
+from ae3tools.dfu.host import DfuSession, find_bootloaders
 from ae3tools.dfu.virtual import DeviceMemory, SimulatedClock, Timing, VirtualAE3
 from ae3tools.dfu.virtual_backend import VirtualBackend
 from tests.fullsize import firmware, make_full_size_set
@@ -59,7 +59,7 @@ def flash_once(
     clock = SimulatedClock()
     device = VirtualAE3(memory or DeviceMemory(), timing, clock=clock, sleep=clock.sleep)
     started = time.process_time()
-    session = DfuSession(wait_for_bootloader(VirtualBackend([device])))
+    session = DfuSession(find_bootloaders(VirtualBackend([device]))[0])
     session.check_layout(session.open().alt_names)
     results = flash_images(session, images, incremental=incremental, verify=verify)
     session.detach_and_reset()

@@ -18,17 +18,16 @@ from ae3tools.bundle import (
     write_bundle,
 )
 from ae3tools.dfu.host import (
-    DeviceError,
     DfuSession,
     describe_usb_error,
+    find_bootloaders,
     libusb_backend,
-    select,
-    wait_for_bootloader,
 )
 from ae3tools.dfu.virtual import DEFAULT_SERIAL, DeviceMemory, VirtualAE3, partition_image
 from ae3tools.dfu.virtual_backend import VirtualBackend
-from ae3tools.findings import Ae3Error, UsageError
+from ae3tools.findings import Ae3Error, DeviceError, UsageError
 from ae3tools.key import make_key_file
+from ae3tools.reach import Selector, find_camera, reach_bootloader
 from tests.conftest import FIXTURES
 from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 
@@ -129,7 +128,7 @@ def test_only_rejects_unknown_or_absent_roles(cli, bundle: Path, tmp_path: Path)
 
 def test_waits_for_the_camera_to_be_plugged_in(cli, bundle: Path, tmp_path: Path) -> None:
     result = cli("flash", bundle, "--virtual", tmp_path / "cam", "--virtual-plug-delay", "0.3")
-    assert result.code == 0 and "waiting for the AE3 bootloader" in result.err
+    assert result.code == 0 and "waiting for an AE3" in result.err
 
 
 def test_no_camera_is_a_clear_error(cli, bundle: Path, tmp_path: Path) -> None:
@@ -144,7 +143,9 @@ def test_no_camera_is_a_clear_error(cli, bundle: Path, tmp_path: Path) -> None:
         "0.2",
     )
     assert result.code == 1
-    assert "no AE3 bootloader (37c5:96e3) found within 0.2 s" in result.err
+    assert "no AE3 (37c5:96e3 bootloader or 37c5:16e3 running camera) found within 0.2 s" in (
+        result.err
+    )
     assert "Plug the camera in" in result.err
 
 
@@ -171,23 +172,27 @@ def two_cameras() -> VirtualBackend:
 
 def test_several_devices_need_a_selector() -> None:
     backend = two_cameras()
-    with pytest.raises(UsageError, match=r"2 AE3 bootloaders found.*--serial or --path"):
-        wait_for_bootloader(backend)
-    assert select(list(usb.core.find(find_all=True, backend=backend)), None, "1-2") is not None
-    chosen = wait_for_bootloader(backend, serial="0123456789ABCDEF01234567")
+    no_ports: list = []
+    with pytest.raises(UsageError, match=r"2 AE3s found.*--serial, --path"):
+        find_camera(backend, lambda: no_ports, Selector())
+    chosen = find_camera(backend, lambda: no_ports, Selector(serial="0123456789ABCDEF01234567"))
     assert chosen.port_numbers == (2,)
-    assert wait_for_bootloader(backend, path="1-1").port_numbers == (1,)
+    assert find_camera(backend, lambda: no_ports, Selector(path="1-1")).port_numbers == (1,)
+    assert find_camera(backend, lambda: no_ports, Selector(serial="NOPE")) is None
     with pytest.raises(DeviceError, match="with serial NOPE"):
-        wait_for_bootloader(backend, serial="NOPE")
+        reach_bootloader(backend, lambda: no_ports, Selector(serial="NOPE"))
 
 
 def test_devices_command(cli, tmp_path: Path) -> None:
     result = cli("devices", "--virtual", tmp_path / "cam", "--json")
     (device,) = json.loads(result.out)["devices"]
     assert device == {
+        "state": "bootloader",
         "serial": DEFAULT_SERIAL,
         "path": "1-1",
         "bootloader_version": "1.0.3",
+        "boot_header_version": None,  # listing reads descriptors only: no UPLOAD latches it
+        "shipped_in": "v5.0.0 and later",
         "alt_names": ["BOOT", "HP", "HE", "ROMFS1", "TOC", "RWFS", "ROMFS0", "RECOVERY"],
     }
     assert "ROMFS0" in cli("devices", "--virtual", tmp_path / "cam").out
@@ -201,7 +206,7 @@ def test_a_device_with_another_layout_is_refused() -> None:
             return super()._descriptor(kind, index)
 
     backend = VirtualBackend([OtherBoard(DeviceMemory())])
-    session = DfuSession(wait_for_bootloader(backend))
+    session = DfuSession(find_bootloaders(backend)[0])
     info = session.open()
     with pytest.raises(DeviceError, match="not the AE3's"):
         session.check_layout(info.alt_names)
@@ -233,7 +238,7 @@ def test_real_usb_with_no_camera(cli, bundle: Path, monkeypatch: pytest.MonkeyPa
     """The real libusb path (libusb-package's library): no camera here, so a clean error."""
     monkeypatch.delenv("AE3TOOLS_VIRTUAL", raising=False)
     result = cli("flash", bundle, "--no-wait")
-    assert result.code == 1 and "no AE3 bootloader" in result.err
+    assert result.code == 1 and "no AE3 (37c5:96e3 bootloader" in result.err
 
 
 # ------------------------------------------------------------------ recover and erase-fs

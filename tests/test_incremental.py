@@ -22,7 +22,7 @@ from ae3tools.dfu.builder import (
     write_image,
 )
 from ae3tools.dfu.flash import read_romfs_image
-from ae3tools.dfu.host import DfuSession, wait_for_bootloader
+from ae3tools.dfu.host import DfuSession, find_bootloaders
 from ae3tools.dfu.virtual import (
     DeviceMemory,
     SimulatedClock,
@@ -117,7 +117,7 @@ def test_block_ranges() -> None:
 
 
 def _session(device: VirtualAE3) -> DfuSession:
-    session = DfuSession(wait_for_bootloader(VirtualBackend([device])))
+    session = DfuSession(find_bootloaders(VirtualBackend([device]))[0])
     session.check_layout(session.open().alt_names)
     return session
 

@@ -23,10 +23,13 @@ from ae3tools.cli.common import (
 )
 from ae3tools.cli.target import (
     PathOption,
+    PortOption,
     SerialOption,
     Target,
     TimeoutOption,
     TimingOption,
+    VirtualBootloaderOption,
+    VirtualModeOption,
     VirtualOption,
     WaitTimeoutOption,
 )
@@ -153,10 +156,13 @@ def romfs_ls(
     ),
     serial: str | None = SerialOption,
     path: str | None = PathOption,
+    port: str | None = PortOption,
     wait_timeout: float = WaitTimeoutOption,
     timeout: float = TimeoutOption,
     virtual: Path | None = VirtualOption,
     virtual_timing: str = TimingOption,
+    virtual_mode: str = VirtualModeOption,
+    virtual_bootloader: str = VirtualBootloaderOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List and validate a ROMFS image: every file with its size, data offset and alignment.
@@ -176,12 +182,15 @@ def romfs_ls(
 
         role = romfs_partition(device, "--device")
         target = Target(
-            virtual,
-            virtual_timing,
+            virtual=virtual,
+            timing=virtual_timing,
             serial=serial,
             path=path,
+            port=port,
             wait_timeout=wait_timeout,
             timeout=timeout,
+            mode=virtual_mode,
+            bootloader=virtual_bootloader,
         )
         data = device_romfs(role, target, reset=True, show_progress=not as_json)
         source = f"camera {device.lower()}"

@@ -1,4 +1,4 @@
-"""Commands that talk to a camera: flash, check, read, devices, recover, erase-fs.
+"""Commands that talk to a camera: flash, check, read, bootloader, devices, recover, erase-fs.
 
 The device stack (pyusb, the DFU host, the virtual AE3) is imported inside each
 command, when it is about to open a camera.
@@ -25,19 +25,11 @@ from ae3tools.cli.common import (
     styled,
 )
 from ae3tools.cli.target import (
-    FaultOption,
-    PathOption,
-    PlugDelayOption,
     ProgressBars,
     ResetOption,
-    SerialOption,
     Target,
-    TimeoutOption,
-    TimingOption,
-    VirtualOption,
-    WaitOption,
-    WaitTimeoutOption,
     YesOption,
+    device_command,
     end_session,
     resume_hint,
     session_for,
@@ -120,6 +112,7 @@ def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
 
 
 @app.command()
+@device_command()
 def flash(
     bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
     only: str | None = OnlyOption,
@@ -135,24 +128,18 @@ def flash(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan and the equivalent dfu-util commands."
     ),
-    serial: str | None = SerialOption,
-    path: str | None = PathOption,
-    wait: bool = WaitOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = TimeoutOption,
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
-    fault: list[str] = FaultOption,
-    plug_delay: float = PlugDelayOption,
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
     """Flash a verified bundle onto an AE3 in one DFU session, writing only what changed.
 
-    The whole bundle is verified before USB is touched. Then the bootloader is found
-    (waiting for it) and the session is latched at once. For each image, the camera's
-    blocks are read and only those that differ are written (`--full` writes them all);
-    every written block is read back and compared, and the camera is reset. A re-run
-    after a failure writes only what is still wrong.
+    The whole bundle is verified before USB is touched. A running camera is sent to its
+    bootloader (no replugging); a camera already in its bootloader is used as it is
+    (waiting for one to be plugged in). For each image, the camera's blocks are read
+    and only those that differ are written (`--full` writes them all); every written
+    block is read back and compared, and the camera is reset. A re-run after a failure
+    writes only what is still wrong.
 
     Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
     """
@@ -192,18 +179,13 @@ def flash(
 
     from ae3tools.dfu.flash import FlashFailed, flash_images
 
-    target = Target(
-        virtual, virtual_timing, tuple(fault), plug_delay, serial, path, wait, wait_timeout, timeout
-    )
     started = time.perf_counter()
     try:
-        with session_for(target) as (session, info), ProgressBars(not as_json) as bars:
-            if not as_json:
-                err.print(f"bootloader {info.version or '?'} serial {info.serial} at {info.path}")
+        with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
             results = flash_images(
-                session, images, incremental=not full, verify=verify, observer=bars
+                session.dfu, images, incremental=not full, verify=verify, observer=bars
             )
-            end_session(session, reset)
+            after = end_session(session, reset, quiet=as_json)
     except FlashFailed as exc:
         raise DeviceError(
             str(exc),
@@ -217,10 +199,12 @@ def flash(
     report = {
         "bundle": str(bundle),
         "ok": True,
-        "device": info.as_dict(),
+        "device": session.info.as_dict(),
+        "was_running": session.rebooted.as_dict() if session.rebooted else None,
         "incremental": not full,
         "images": [r.as_dict() for r in results],
         "reset": reset,
+        "after": after,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if as_json:
@@ -234,7 +218,6 @@ def flash(
         if all(r.verified for r in results)
         else "flashed (written blocks not read back: --no-verify)"
     )
-    after = "camera reset" if reset else "camera left in the bootloader"
     rest = ", the rest already equal" if written < blocks else ""
     out.print(
         f"{len(results)} images {verdict} in {report['seconds']} s: {written} of {blocks} "
@@ -243,19 +226,14 @@ def flash(
 
 
 @app.command()
+@device_command(omit=("plug_delay",))
 def check(
     bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
     only: str | None = OnlyOption,
     reset: bool = ResetOption,
-    serial: str | None = SerialOption,
-    path: str | None = PathOption,
-    wait: bool = WaitOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = TimeoutOption,
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
-    fault: list[str] = FaultOption,
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
     """Compare the camera with a bundle, writing nothing.
 
@@ -269,21 +247,19 @@ def check(
     from ae3tools.dfu.flash import check_images, parse_only, select_images
 
     images = select_images(read_bundle(bundle), parse_only(only))
-    target = Target(
-        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
-    )
-    with session_for(target) as (session, info), ProgressBars(not as_json) as bars:
-        comparisons = check_images(session, images, observer=bars)
-        end_session(session, reset)
+    with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
+        comparisons = check_images(session.dfu, images, observer=bars)
+        after = end_session(session, reset, quiet=as_json)
     equal = all(c.equal for c in comparisons)
     if as_json:
         emit_json(
             {
                 "bundle": str(bundle),
                 "ok": equal,
-                "device": info.as_dict(),
+                "device": session.info.as_dict(),
                 "images": [c.as_dict() for c in comparisons],
                 "reset": reset,
+                "after": after,
             }
         )
     else:
@@ -303,6 +279,7 @@ READABLE = tuple(p.name.lower() for p in PARTITIONS if p.memory is not Memory.RE
 
 
 @app.command()
+@device_command(omit=("plug_delay",))
 def read(
     partition_name: str = typer.Argument(
         ..., metavar="PARTITION", help=f"Which partition: {', '.join(READABLE)}."
@@ -317,15 +294,9 @@ def read(
     ),
     force: bool = ForceOption,
     reset: bool = ResetOption,
-    serial: str | None = SerialOption,
-    path: str | None = PathOption,
-    wait: bool = WaitOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = TimeoutOption,
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
-    fault: list[str] = FaultOption,
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
     """Dump a partition of the camera to a file (exactly the partition, no end marker).
 
@@ -341,20 +312,17 @@ def read(
     if not 0 < size <= partition.size:
         raise UsageError(f"--length {length}: {partition.name} holds 1 to {partition.size} bytes")
     check_output(output, force=force)
-    target = Target(
-        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
-    )
     started = time.perf_counter()
     with (
-        session_for(target) as (session, _),
+        session_for(target, quiet=as_json) as session,
         ProgressBars(not as_json) as bars,
         atomic_output(output, force=force) as stream,
     ):
         bars.begin(f"read {partition.name}", size)
-        for chunk in session.read_blocks(partition, size, progress=bars.advance):
+        for chunk in session.dfu.read_blocks(partition, size, progress=bars.advance):
             stream.write(chunk)
         bars.end()
-        end_session(session, reset)
+        after = end_session(session, reset, quiet=as_json)
     seconds = round(time.perf_counter() - started, 3)
     if as_json:
         emit_json(
@@ -366,52 +334,114 @@ def read(
                 "bytes": size,
                 "seconds": seconds,
                 "reset": reset,
+                "after": after,
             }
         )
     else:
-        out.print(f"wrote {output}: {size} bytes of {partition.name} (alt {partition.alt})")
+        out.print(
+            f"wrote {output}: {size} bytes of {partition.name} (alt {partition.alt}); {after}"
+        )
 
 
 @app.command()
-def devices(
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
+@device_command(omit=("plug_delay", "fault"))
+def bootloader(
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
-    """List AE3 bootloaders on USB: serial, path, bootloader version, alt names.
+    """Send a running AE3 to its bootloader (forced: it stays until DETACH or a reset).
 
-    Listing reads descriptors only, so it does not hold the bootloader open.
+    For dfu-util or OpenMV IDE users: afterwards, `dfu-util -w -d ,37C5:96E3 ...` finds
+    the camera with no replugging. Both firmware generations are handled (v5's protocol
+    V2, v4's usbdbg). Exit status 0 once the camera took the request and its port is
+    closed; with --wait (the default), once that camera's bootloader has enumerated.
+    `--no-wait` returns as soon as the request is sent.
 
-    Example: ae3tools devices --json
+    Example: ae3tools bootloader --port /dev/ttyACM0
     """
-    from ae3tools.dfu.host import describe_bootloaders
+    from ae3tools.reach import reboot_only
 
-    backend = Target(virtual, virtual_timing).backend()
+    backend = target.backend()
     try:
-        found = describe_bootloaders(backend)
+        camera, device = reboot_only(
+            backend,
+            target.ports(backend),
+            target.selector(),
+            wait=target.wait,
+            status=None if as_json else err.print,
+        )
     finally:
         shut(backend)
     if as_json:
-        emit_json({"devices": [d.as_dict() for d in found]})
+        emit_json(
+            {
+                "ok": True,
+                "was_running": camera.as_dict() if camera else None,
+                "bootloader": device.as_dict() if device else None,
+            }
+        )
+    elif device is not None:
+        already = "" if camera else " (it was in its bootloader already)"
+        where = f"serial {device.serial} at {device.path}"
+        out.print(f"bootloader {device.describe()} ready{already}: {where}")
+    elif camera is not None:
+        out.print(f"the camera on {camera.port.device} took the request and its port is closed")
+
+
+@app.command()
+@device_command(omit=("plug_delay", "fault", "wait", "wait_timeout", "timeout", "path"))
+def devices(
+    as_json: bool = JsonOption,
+    *,
+    target: Target,
+) -> None:
+    """List AE3s: bootloaders on USB and running cameras on serial ports.
+
+    For each: its state, serial, where it is (bus path or port), and the versions it
+    reports (a running camera's firmware; a bootloader's version from its bcdDevice).
+    Listing reads descriptors and asks running cameras their version: it does not hold a
+    bootloader open or reset anything.
+
+    Example: ae3tools devices --json
+    """
+    from ae3tools.reach import list_cameras
+
+    backend = target.backend()
+    try:
+        found = list_cameras(backend, target.ports(backend))
+    finally:
+        shut(backend)
+    rows = [item.as_dict() for item in found]
+    if as_json:
+        emit_json({"devices": rows})
         return
-    if not found:
+    if not rows:
         out.print(
-            "no AE3 bootloader found (it listens ~1.5 s after power-up; "
-            "`ae3tools flash` waits for it)"
+            "no AE3 found (no bootloader on USB, no running camera on a serial port; a "
+            "bootloader listens ~1.5 s after power-up)"
         )
         return
-    table = _table(("serial", "path", "bootloader", "alt settings"))
-    for d in found:
+    table = _table(("state", "serial", "where", "firmware", "bootloader", "alt settings"))
+    for row in rows:
         table.add_row(
-            d.serial or "?",
-            d.path,
-            d.version or "?",
-            " ".join(f"{alt}:{name}" for alt, name in enumerate(d.alt_names)),
+            row["state"],
+            row["serial"] or "?",
+            row.get("path") or row.get("port") or "?",
+            row.get("firmware_version") or row.get("error") or "",
+            row.get("bootloader_version") or "",
+            " ".join(f"{alt}:{name}" for alt, name in enumerate(row.get("alt_names", []))),
         )
     out.print(table)
 
 
 @app.command("recover")
+@device_command(options={"timeout": typer.Option(
+    RECOVERY_TIMEOUT,
+    "--timeout",
+    metavar="SECONDS",
+    help="Control transfer timeout in seconds (recovery runs four chip erases).",
+)}, omit=("plug_delay",))  # fmt: skip
 def recover_command(
     key: Path | None = typer.Option(
         None, "--key", help="Recovery key file (default: the AE3 key, made in memory)."
@@ -421,20 +451,9 @@ def recover_command(
     ),
     yes: bool = YesOption,
     reset: bool = ResetOption,
-    serial: str | None = SerialOption,
-    path: str | None = PathOption,
-    wait: bool = WaitOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = typer.Option(
-        RECOVERY_TIMEOUT,
-        "--timeout",
-        metavar="SECONDS",
-        help="Control transfer timeout in seconds (recovery runs four chip erases).",
-    ),
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
-    fault: list[str] = FaultOption,
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
     """Re-initialise the external flash chip with the MRAM recovery key (alt 7).
 
@@ -464,20 +483,17 @@ def recover_command(
     romfs0 = []
     if bundle is not None:
         romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})
-    target = Target(
-        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
-    )
-    with session_for(target) as (session, _), ProgressBars(not as_json) as bars:
-        seconds = recover(session, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
+    with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
+        seconds = recover(session.dfu, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
         results: list[ImageResult] = []
         if romfs0:
             try:
                 # The chip is blank: nothing to compare, every block is written.
-                results = flash_images(session, romfs0, incremental=False, observer=bars)
+                results = flash_images(session.dfu, romfs0, incremental=False, observer=bars)
             except FlashFailed as exc:
                 command = ["ae3tools", "flash", str(bundle)]
                 raise DeviceError(str(exc), hint=resume_hint(exc, command, target)) from None
-        end_session(session, reset)
+        after = end_session(session, reset, quiet=as_json)
     if as_json:
         emit_json(
             {
@@ -485,10 +501,11 @@ def recover_command(
                 "recovery_seconds": round(seconds, 3),
                 "images": [r.as_dict() for r in results],
                 "reset": reset,
+                "after": after,
             }
         )
         return
-    out.print(f"recovery done in {seconds:.1f} s: the external flash is blank")
+    out.print(f"recovery done in {seconds:.1f} s: the external flash is blank; {after}")
     if results:
         out.print(results_table(results))
     else:
@@ -499,17 +516,12 @@ def recover_command(
 
 
 @app.command("erase-fs")
+@device_command(omit=("plug_delay",))
 def erase_fs(
     yes: bool = YesOption,
     reset: bool = ResetOption,
-    serial: str | None = SerialOption,
-    path: str | None = PathOption,
-    wait: bool = WaitOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = TimeoutOption,
-    virtual: Path | None = VirtualOption,
-    virtual_timing: str = TimingOption,
-    fault: list[str] = FaultOption,
+    *,
+    target: Target,
 ) -> None:
     """Wipe the camera's internal FAT filesystem (RWFS, alt 5) as OpenMV IDE does.
 
@@ -521,20 +533,20 @@ def erase_fs(
         raise UsageError("erase-fs deletes every file on the camera: run it again with --yes")
     from ae3tools.dfu.flash import erase_filesystem
 
-    target = Target(
-        virtual, virtual_timing, tuple(fault), 0.0, serial, path, wait, wait_timeout, timeout
-    )
-    with session_for(target) as (session, _):
-        erase_filesystem(session)
-        end_session(session, reset)
-    out.print("filesystem erased" + ("; camera reset" if reset else ""))
+    with session_for(target) as session:
+        erase_filesystem(session.dfu)
+        after = end_session(session, reset)
+    out.print(f"filesystem erased; {after}")
 
 
 def device_romfs(role: Role, target: Target, *, reset: bool, show_progress: bool) -> bytes:
     """Just the ROMFS image in the camera's `role` partition (for `romfs ls --device`)."""
     from ae3tools.dfu.flash import read_romfs_image
 
-    with session_for(target) as (session, _), ProgressBars(show_progress) as bars:
-        data = read_romfs_image(session, partition_for_role(role), observer=bars)
-        end_session(session, reset)
+    with (
+        session_for(target, quiet=not show_progress) as session,
+        ProgressBars(show_progress) as bars,
+    ):
+        data = read_romfs_image(session.dfu, partition_for_role(role), observer=bars)
+        end_session(session, reset, quiet=not show_progress)
     return data

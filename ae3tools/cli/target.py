@@ -7,8 +7,10 @@ file commands start without them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shlex
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ae3tools.board import BOOTLOADER_PID, USB_VID
+from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID
 from ae3tools.cli.common import err
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
-from ae3tools.findings import UsageError
+from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
+    from ae3tools.camera.reboot import RunningCamera
     from ae3tools.dfu.flash import FlashFailed
     from ae3tools.dfu.host import BootloaderInfo, DfuSession
+    from ae3tools.reach import PortSource, Selector
 
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
 
@@ -50,6 +54,29 @@ FaultOption = typer.Option(
     "status:alt=HP:block=3:status=errWRITE, vanish:alt=ROMFS0:block=10, "
     "stall:alt=HE:block=0, hang:alt=HP:block=5, slow:alt=HP:block=1:seconds=2.",
 )
+VirtualModeOption = typer.Option(
+    "bootloader",
+    "--virtual-mode",
+    envvar="AE3TOOLS_VIRTUAL_MODE",
+    metavar="MODE",
+    help="How the virtual AE3 starts: 'bootloader' (plugged in during its listen window), "
+    "or running its application: 'app' (v5, protocol V2), 'app-legacy' (v4.8, usbdbg), "
+    "'app-4.7' (v4.7.0, usbdbg).",
+)
+VirtualBootloaderOption = typer.Option(
+    "1.0.3",
+    "--virtual-bootloader",
+    envvar="AE3TOOLS_VIRTUAL_BOOTLOADER",
+    metavar="VERSION",
+    help="The virtual AE3's bootloader: 1.0.3 (v5.0.0), 1.0.2 (v4.8.1), 1.0.1, or 1.0.0 "
+    "(also 'legacy': v4.7.0/v4.8.0, no boot header, DETACH does not leave).",
+)
+PortOption = typer.Option(
+    None,
+    "--port",
+    metavar="PORT",
+    help="The running camera's serial port (/dev/ttyACM0, COM5; any tty path works).",
+)
 PlugDelayOption = typer.Option(
     0.0,
     "--virtual-plug-delay",
@@ -57,7 +84,13 @@ PlugDelayOption = typer.Option(
     hidden=True,
     help="Seconds before the virtual AE3 appears (to rehearse --wait).",
 )
-SerialOption = typer.Option(None, "--serial", "-S", help="Use the bootloader with this serial.")
+SerialOption = typer.Option(
+    None,
+    "--serial",
+    "-S",
+    help="Use the camera with this USB serial (the bootloader's 24 digits, or the running "
+    "camera's 16).",
+)
 PathOption = typer.Option(
     None, "--path", "-p", help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4."
 )
@@ -65,7 +98,7 @@ WaitOption = typer.Option(
     True, "--wait/--no-wait", help="Wait for the bootloader to appear (it listens ~1.5 s)."
 )
 WaitTimeoutOption = typer.Option(
-    30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for the bootloader."
+    30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for a camera."
 )
 TimeoutOption = typer.Option(
     DEFAULT_TIMEOUT,
@@ -77,6 +110,64 @@ ResetOption = typer.Option(
     True, "--reset/--no-reset", help="DETACH and reset at the end so the camera boots."
 )
 YesOption = typer.Option(False, "--yes", "-y", help="Confirm the destructive operation.")
+
+
+# The options every device command shares: parameter name -> (type, option, Target field).
+_SHARED: dict[str, tuple[Any, Any, str]] = {
+    "serial": (str | None, SerialOption, "serial"),
+    "path": (str | None, PathOption, "path"),
+    "port": (str | None, PortOption, "port"),
+    "wait": (bool, WaitOption, "wait"),
+    "wait_timeout": (float, WaitTimeoutOption, "wait_timeout"),
+    "timeout": (float, TimeoutOption, "timeout"),
+    "virtual": (Path | None, VirtualOption, "virtual"),
+    "virtual_timing": (str, TimingOption, "timing"),
+    "virtual_mode": (str, VirtualModeOption, "mode"),
+    "virtual_bootloader": (str, VirtualBootloaderOption, "bootloader"),
+    "fault": (list[str], FaultOption, "faults"),
+    "plug_delay": (float, PlugDelayOption, "plug_delay"),
+}
+
+
+def device_command(
+    *, omit: Sequence[str] = (), options: dict[str, Any] | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the shared device options and call it with `target=Target(...)`.
+
+    The command declares only its own parameters and a `target: Target` one; `omit`
+    leaves shared options out, and `options` replaces one (recover's longer --timeout).
+    """
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "target"]
+        shared = {name: spec for name, spec in _SHARED.items() if name not in omit}
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=(options or {}).get(name, option),
+                annotation=kind,
+            )
+            for name, (kind, option, _) in shared.items()
+        ]
+
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            fields = {shared[name][2]: values.pop(name) for name in shared}
+            if "faults" in fields:
+                fields["faults"] = tuple(fields["faults"])
+            command(target=Target(**fields), **values)
+
+        keyword_own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+        run.__signature__ = signature.replace(parameters=[*keyword_own, *added])  # type: ignore[attr-defined]
+        run.__annotations__ = {
+            **{p.name: p.annotation for p in own},
+            **{p.name: p.annotation for p in added},
+        }
+        return run
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -92,39 +183,67 @@ class Target:
     wait: bool = True
     wait_timeout: float = 30.0
     timeout: float = DEFAULT_TIMEOUT  # seconds, per control transfer
+    port: str | None = None
+    mode: str = "bootloader"
+    bootloader: str = "1.0.3"
 
     @property
     def timeout_ms(self) -> int:
         return max(1, round(self.timeout * 1000))
+
+    def selector(self) -> Selector:
+        from ae3tools.reach import Selector
+
+        if self.port is not None and self.path is not None:
+            raise UsageError("--path names a bootloader and --port a running camera: give one")
+        return Selector(self.serial, self.path, self.port)
 
     def backend(self) -> Any:
         if self.virtual is None:
             from ae3tools.dfu.host import libusb_backend
 
             return libusb_backend()
-        from ae3tools.dfu.virtual import Fault, Timing
-        from ae3tools.dfu.virtual_backend import virtual_backend
+        from ae3tools.camera.virtual import virtual_bus
+        from ae3tools.dfu.virtual import CameraInUse, Timing
 
         try:
-            timing = Timing.parse(self.timing)
-            faults = Fault.parse_many(self.faults)
+            backend = virtual_bus(
+                self.virtual,
+                mode=self.mode,
+                bootloader=self.bootloader,
+                timing=Timing.parse(self.timing),
+                faults=self.faults,
+                plug_delay=self.plug_delay,
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        try:
-            backend = virtual_backend(
-                self.virtual, timing=timing, faults=faults, plug_delay=self.plug_delay
-            )
         except OSError as exc:
             raise UsageError(f"--virtual {self.virtual}: {exc.strerror or exc}") from None
+        except CameraInUse as exc:
+            raise DeviceError(str(exc), hint="Wait for that process to finish.") from None
         if backend.devices[0].memory.created:
             err.print(f"created a new virtual AE3 in {self.virtual} (blank memory)")
         return backend
 
+    def ports(self, backend: Any) -> PortSource:
+        """Where running cameras are found: pyserial's port discovery, or the virtual bus."""
+        if self.virtual is None:
+            from ae3tools.camera.port import camera_ports
+
+            return camera_ports
+        from ae3tools.camera.virtual import virtual_ports
+
+        return lambda: virtual_ports(backend)
+
     def options(self) -> list[str]:
         """The options that pick this camera again, for a command printed as a hint."""
-        picked = [("--serial", self.serial), ("--path", self.path)]
+        picked = [("--serial", self.serial), ("--path", self.path), ("--port", self.port)]
         if self.virtual is not None:
-            picked += [("--virtual", str(self.virtual)), ("--virtual-timing", self.timing)]
+            picked += [
+                ("--virtual", str(self.virtual)),
+                ("--virtual-timing", self.timing),
+                ("--virtual-bootloader", self.bootloader),
+            ]
         return [part for name, value in picked if value for part in (name, value)]
 
 
@@ -135,41 +254,72 @@ def shut(backend: Any) -> None:
         backend.shutdown()
 
 
+@dataclass
+class Session:
+    """An open bootloader session, and how the camera got there."""
+
+    dfu: DfuSession
+    info: BootloaderInfo
+    rebooted: RunningCamera | None  # the running camera this was, if it was sent here
+    ports: PortSource
+
+
 @contextmanager
-def session_for(target: Target) -> Iterator[tuple[DfuSession, BootloaderInfo]]:
-    """Find, open and check the bootloader; the camera must have the AE3's alt layout."""
-    from ae3tools.dfu.host import DfuSession, wait_for_bootloader
+def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
+    """Reach the camera's bootloader (sending a running camera there), open it, and check
+    it is an AE3's. Progress lines go to stderr unless `quiet`."""
+    from ae3tools.dfu.host import DfuSession
+    from ae3tools.reach import reach_bootloader
+
+    def say(text: str) -> None:
+        if not quiet:
+            err.print(text)
+
+    def waiting() -> None:
+        say(
+            f"waiting for an AE3 ({USB_VID:04x}:{BOOTLOADER_PID:04x} bootloader, or a running "
+            "camera): plug it in or press its reset button..."
+        )
 
     backend = target.backend()
     try:
-
-        def waiting() -> None:
-            err.print(
-                f"waiting for the AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}): plug the "
-                "camera in or press its reset button..."
-            )
-
-        device = wait_for_bootloader(
+        ports = target.ports(backend)
+        device, rebooted = reach_bootloader(
             backend,
-            serial=target.serial,
-            path=target.path,
+            ports,
+            target.selector(),
             wait=target.wait_timeout if target.wait else 0.0,
+            status=say,
             on_waiting=waiting,
         )
         session = DfuSession(device, timeout_ms=target.timeout_ms)
         info = session.open()
         session.check_layout(info.alt_names)
-        yield session, info
+        say(f"bootloader {info.describe()} ready: serial {info.serial} at {info.path}")
+        yield Session(session, info, rebooted, ports)
     finally:
         shut(backend)
 
 
-def end_session(session: DfuSession, reset: bool) -> None:
-    """DETACH and reset so the camera boots, or leave it in the bootloader."""
-    if reset:
-        session.detach_and_reset()
-    else:
-        session.close()
+def end_session(session: Session, reset: bool, *, quiet: bool = False) -> str:
+    """DETACH, then a USB reset, so the camera boots (every bootloader leaves on one of
+    the two, spec §13.2), or leave it in the bootloader. Returns what became of it."""
+    from ae3tools.reach import APPLICATION_TIMEOUT, await_application
+
+    if not reset:
+        session.dfu.close()
+        return "camera left in the bootloader"
+    session.dfu.detach_and_reset()
+    if session.rebooted is None:
+        return "camera reset"
+    if await_application(session.ports, session.rebooted, APPLICATION_TIMEOUT):
+        return "camera reset: running its application again"
+    if not quiet:
+        err.print(
+            "warning: the camera did not come back running its application "
+            f"({USB_VID:04x}:{APPLICATION_PID:04x}); unplug it and plug it in again"
+        )
+    return "camera reset, but it did not come back: replug it"
 
 
 class ProgressBars:

@@ -21,7 +21,6 @@ import usb.util
 
 from ae3tools.board import (
     ALT_NAMES,
-    APPLICATION_PID,
     BOOT,
     BOOT_HEADER_OFFSET,
     BOOT_HEADER_SIZE,
@@ -37,11 +36,13 @@ from ae3tools.dfu.protocol import (
     REQUEST_OUT,
     STATUS_LENGTH,
     STATUS_SENTENCES,
+    BootloaderRelease,
     DfuStatus,
     Request,
     State,
+    bootloader_from_bcd,
 )
-from ae3tools.findings import Ae3Error, DeviceError, UsageError
+from ae3tools.findings import Ae3Error, DeviceError
 
 MAX_POLLS = 10_000  # GETSTATUS polls for one block before giving up on a stuck device
 DFU_INTERFACE = 0
@@ -137,14 +138,6 @@ def find_bootloaders(backend: Any) -> list[usb.core.Device]:
         raise Ae3Error("no libusb backend found: install libusb-1.0") from None
 
 
-def find_running_cameras(backend: Any) -> list[usb.core.Device]:
-    """AE3s running their application (37C5:16E3): present, but not in the bootloader."""
-    found = usb.core.find(
-        find_all=True, idVendor=USB_VID, idProduct=APPLICATION_PID, backend=backend
-    )
-    return list(found)
-
-
 def read_serial(device: usb.core.Device) -> str | None:
     try:
         serial: str | None = usb.util.get_string(device, device.iSerialNumber)
@@ -153,90 +146,20 @@ def read_serial(device: usb.core.Device) -> str | None:
     return serial
 
 
-def select(
-    devices: Sequence[usb.core.Device], serial: str | None, path: str | None
-) -> usb.core.Device | None:
-    """The one device matching the selectors; None if none; UsageError if ambiguous."""
-    matching = [
-        device
-        for device in devices
-        if (path is None or device_path(device) == path)
-        and (serial is None or read_serial(device) == serial)
-    ]
-    if len(matching) > 1:
-        listing = ", ".join(
-            f"serial {read_serial(d) or '?'} at path {device_path(d)}" for d in matching
-        )
-        raise UsageError(
-            f"{len(matching)} AE3 bootloaders found ({listing}): choose one with --serial or --path"
-        )
-    return matching[0] if matching else None
+def bootloader_version(device: usb.core.Device) -> tuple[str, BootloaderRelease | None]:
+    """The version bcdDevice stands for (spec §1.1, §13.2: 0x0200 is the header-less 1.0.0)."""
+    return bootloader_from_bcd(device.bcdDevice)
 
 
-def wait_for_bootloader(
-    backend: Any,
-    *,
-    serial: str | None = None,
-    path: str | None = None,
-    wait: float = 0.0,
-    poll_interval: float = 0.02,
-    on_waiting: Callable[[], None] | None = None,
-) -> usb.core.Device:
-    """Find the bootloader, polling for `wait` seconds (it listens only ~1.5 s, §8)."""
-    deadline = time.monotonic() + wait
-    announced = False
-    while True:
-        device = select(find_bootloaders(backend), serial, path)
-        if device is not None:
-            return device
-        if time.monotonic() >= deadline:
-            break
-        if not announced and on_waiting is not None:
-            on_waiting()
-            announced = True
-        time.sleep(poll_interval)
-    wanted = " ".join(
-        part
-        for part in (f"serial {serial}" if serial else "", f"path {path}" if path else "")
-        if part
-    )
-    running = find_running_cameras(backend)
-    hint = (
-        "An AE3 is attached but running its application: reset it (or replug it) and run "
-        "this command again; the bootloader listens for about 1.5 s after power-up."
-        if running
-        else "Plug the camera in (or press reset) while this command waits; "
-        "use --wait-timeout to wait longer."
-    )
-    selector = f" with {wanted}" if wanted else ""
-    waited = f" within {wait:g} s" if wait else ""
-    raise DeviceError(
-        f"no AE3 bootloader ({USB_VID:04x}:{BOOTLOADER_PID:04x}){selector} found{waited}",
-        hint=hint,
-    )
-
-
-def bootloader_version(device: usb.core.Device) -> str:
-    """The version in bcdDevice: (major << 8) | (minor << 4) | patch (spec §1.1)."""
-    bcd = device.bcdDevice
-    return f"{bcd >> 8}.{(bcd >> 4) & 0xF}.{bcd & 0xF}"
-
-
-def describe_bootloaders(backend: Any) -> list[BootloaderInfo]:
-    """Every AE3 bootloader present, from descriptors only: no session is latched."""
-    found = []
-    for device in find_bootloaders(backend):
-        session = DfuSession(device)
-        try:
-            names = tuple(session.alt_names())
-        finally:
-            session.close()
-        found.append(
-            BootloaderInfo(
-                read_serial(device), device_path(device), bootloader_version(device), names
-            )
-        )
-    return found
+def describe_bootloader(device: usb.core.Device) -> BootloaderInfo:
+    """A bootloader from its descriptors only: no session is latched (spec §8.2)."""
+    session = DfuSession(device)
+    try:
+        names = tuple(session.alt_names())
+    finally:
+        session.close()
+    version, release = bootloader_version(device)
+    return BootloaderInfo(read_serial(device), device_path(device), version, release, None, names)
 
 
 # ----------------------------------------------------------------------------- the session
@@ -246,14 +169,26 @@ def describe_bootloaders(backend: Any) -> list[BootloaderInfo]:
 class BootloaderInfo:
     serial: str | None
     path: str
-    version: str | None
+    version: str  # what bcdDevice stands for (spec §13.2)
+    release: BootloaderRelease | None  # the shipped bootloader it is, if known (§13.1)
+    header_version: str | None  # from the boot header (§10); None: not read, or none there
     alt_names: tuple[str, ...]
+
+    def describe(self) -> str:
+        """The version and where it shipped; honest about the header-less 1.0.0."""
+        if self.release is None:
+            return self.version
+        header = "" if self.release.boot_header else ", no boot header"
+        return f"{self.version} ({self.release.shipped_in}{header})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "state": "bootloader",
             "serial": self.serial,
             "path": self.path,
             "bootloader_version": self.version,
+            "boot_header_version": self.header_version,
+            "shipped_in": self.release.shipped_in if self.release else None,
             "alt_names": list(self.alt_names),
         }
 
@@ -330,9 +265,10 @@ class DfuSession:
 
         self._usb("configure", configure)
         self._usb("claim interface", lambda: usb.util.claim_interface(device, DFU_INTERFACE))
-        version = self.read_version()  # an UPLOAD: latches ATTACHED before the window ends
+        header = self.read_version()  # an UPLOAD: latches ATTACHED before the window ends
         names = tuple(self.alt_names())
-        return BootloaderInfo(read_serial(device), self.path, version, names)
+        version, release = bootloader_version(device)
+        return BootloaderInfo(read_serial(device), self.path, version, release, header, names)
 
     def alt_names(self) -> list[str]:
         config = self._usb("read descriptors", self.device.get_active_configuration)

@@ -143,3 +143,59 @@ class DescriptorType(IntEnum):
     CONFIGURATION = 2
     STRING = 3
     DEVICE_QUALIFIER = 6
+
+
+# ----------------------------------------------------------------------------- releases
+
+
+@dataclass(frozen=True)
+class BootloaderRelease:
+    """One bootloader shipped in released cameras (spec §13.1).
+
+    Descriptors, alt names, partitions, flash drivers and the recovery key are the same
+    in all of them; what differs is how the version shows, and what DETACH does.
+    """
+
+    version: tuple[int, int, int]
+    bcd_device: int
+    boot_header: bool  # the 32-byte header at BOOT + 0x1000 (§10); absent before 1.0.1
+    detach_leaves: bool  # 1.0.2+: DETACH leaves at once; before: it only re-arms the timeout
+    shipped_in: str
+
+    @property
+    def name(self) -> str:
+        return ".".join(str(part) for part in self.version)
+
+
+BOOTLOADER_RELEASES: tuple[BootloaderRelease, ...] = (
+    BootloaderRelease((1, 0, 0), 0x0200, False, False, "v4.7.0 and v4.8.0"),
+    BootloaderRelease((1, 0, 1), 0x0101, True, False, "development builds of 2025-12-16..21"),
+    BootloaderRelease((1, 0, 2), 0x0102, True, True, "v4.8.1"),
+    BootloaderRelease((1, 0, 3), 0x0103, True, True, "v5.0.0 and later"),
+)
+LATEST_BOOTLOADER = BOOTLOADER_RELEASES[-1]
+# §13.1: the header-less bootloader of v4.7.0 and v4.8.0 ("1.0.0 era").
+BOOTLOADER_ALIASES = {"legacy": BOOTLOADER_RELEASES[0]}
+
+
+def bootloader_release(name: str) -> BootloaderRelease:
+    """A release by version ("1.0.2") or alias ("legacy"); ValueError otherwise."""
+    for release in BOOTLOADER_RELEASES:
+        if release.name == name:
+            return release
+    if name in BOOTLOADER_ALIASES:
+        return BOOTLOADER_ALIASES[name]
+    names = ", ".join([*(r.name for r in BOOTLOADER_RELEASES), *BOOTLOADER_ALIASES])
+    raise ValueError(f"bootloader {name!r}: expected one of {names}")
+
+
+def bootloader_from_bcd(bcd_device: int) -> tuple[str, BootloaderRelease | None]:
+    """The version a bootloader's bcdDevice stands for (§13.2 step 1).
+
+    0x0200 is the literal of the header-less 1.0.0, not "2.0.0"; from 1.0.1 on it is
+    (major << 8) | (minor << 4) | patch (§1.1). Unknown values decode by that formula.
+    """
+    for release in BOOTLOADER_RELEASES:
+        if release.bcd_device == bcd_device:
+            return release.name, release
+    return f"{bcd_device >> 8}.{(bcd_device >> 4) & 0xF}.{bcd_device & 0xF}", None

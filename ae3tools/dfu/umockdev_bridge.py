@@ -1,35 +1,20 @@
-"""Expose the virtual AE3 to unmodified libusb programs (dfu-util, libusb1) via umockdev.
+"""The virtual AE3's bootloader to unmodified libusb programs (dfu-util, libusb1), via umockdev.
 
 A umockdev Testbed holds the device's sysfs entry; an ioctl handler answers the usbdevfs
-ioctls that libusb issues on /dev/bus/usb/001/002 by feeding the same `VirtualAE3` the
+ioctls that libusb issues on /dev/bus/usb/001/NNN by feeding the same `VirtualAE3` the
 in-process pyusb backend uses: one model of the device, two ways in. Facts this rests
 on are in umockdev-usb.md (probed on Debian bookworm, umockdev 0.17, libusb 1.0.26).
-
-Run with Debian's python3 (it has the GObject bindings), through
-scripts/with-virtual-ae3:
-
-    python3 -m ae3tools.dfu.umockdev_bridge --memory DIR -- dfu-util -l
-
-This process and the command both run under libumockdev-preload; the command's exit
-status is this program's.
+`ae3tools.virtual_bridge` runs a program against it (scripts/with-virtual-ae3).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import errno
-import gc
-import json
-import os
-import shutil
 import struct
-import subprocess
 import sys
 import threading
-import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 import gi  # type: ignore[import-not-found]
@@ -37,25 +22,15 @@ import gi  # type: ignore[import-not-found]
 gi.require_version("UMockdev", "1.0")
 from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E402
 
-from ae3tools.board import BOOTLOADER_PID, USB_VID  # noqa: E402
 from ae3tools.dfu.virtual import (  # noqa: E402
-    CONFIGURATION_DESCRIPTOR,
-    DEVICE_DESCRIPTOR,
-    CameraInUse,
-    DeviceMemory,
     DeviceTimeout,
-    Fault,
     NoDevice,
     Setup,
     Stall,
-    Timing,
     VirtualAE3,
 )
 
-PRELOAD = "libumockdev-preload.so.0"
-BUS, DEVNUM = 1, 2
-SYSPATH = "/sys/devices/usb1/1-1"
-NODE = f"/dev/bus/usb/{BUS:03d}/{DEVNUM:03d}"
+BUS = 1
 LISTEN_WINDOW = 1.5  # spec §8.1, OMV_BOOT_DFU_TIMEOUT
 # How long the host takes to notice the bootloader has left the bus (the kernel's hub
 # event, then udev's uevent to libusb). A client that resets right after DETACH, as
@@ -93,28 +68,25 @@ BUSY_LIMIT = 600.0
 ASYNC_WAIT = 0.25
 
 
-def device_record() -> str:
-    """The umockdev record that makes both the sysfs entry and the device node."""
-    descriptors = (DEVICE_DESCRIPTOR + CONFIGURATION_DESCRIPTOR).hex().upper()
-    return "\n".join(
-        [
-            f"P: {SYSPATH.removeprefix('/sys')}",
-            f"N: bus/usb/{BUS:03d}/{DEVNUM:03d}",
-            f"E: DEVNAME={NODE}",
-            "E: DEVTYPE=usb_device",
-            "E: SUBSYSTEM=usb",
-            f"E: BUSNUM={BUS:03d}",
-            f"E: DEVNUM={DEVNUM:03d}",
-            f"A: busnum={BUS}",
-            f"A: devnum={DEVNUM}",
-            f"A: idVendor={USB_VID:04x}",
-            f"A: idProduct={BOOTLOADER_PID:04x}",
-            "A: speed=480",
-            "A: bConfigurationValue=1",
-            f"H: descriptors={descriptors}",
-            "",
-        ]
-    )
+def usb_record(syspath: str, devnum: int, device: Any, attributes: dict[str, str]) -> str:
+    """The umockdev record that makes both a USB device's sysfs entry and its node."""
+    descriptors = (device.device_descriptor + device.configuration_descriptor).hex().upper()
+    lines = [
+        f"P: {syspath.removeprefix('/sys')}",
+        f"N: bus/usb/{BUS:03d}/{devnum:03d}",
+        f"E: DEVNAME={node_of(devnum)}",
+        "E: DEVTYPE=usb_device",
+        "E: SUBSYSTEM=usb",
+        f"E: BUSNUM={BUS:03d}",
+        f"E: DEVNUM={devnum:03d}",
+        *(f"A: {name}={value}" for name, value in attributes.items()),
+        f"H: descriptors={descriptors}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def node_of(devnum: int) -> str:
+    return f"/dev/bus/usb/{BUS:03d}/{devnum:03d}"
 
 
 Outcome = tuple[int, int]  # what an ioctl returns to the client: (result, errno)
@@ -281,137 +253,3 @@ class _Handler(UMockdev.IoctlBase):  # type: ignore[misc]
             outcome = failed(errno.EINVAL)
         client.complete(*outcome)
         return True
-
-
-def _watch_departure(device: VirtualAE3, testbed: Any, stop: threading.Event) -> None:
-    """When the bootloader leaves (DETACH, reset, listen window), unplug the node."""
-    while not stop.wait(0.01):
-        if not device.present:
-            if stop.wait(UNPLUG_NOTICE_DELAY):
-                return
-            testbed.uevent(SYSPATH, "remove")
-            testbed.remove_device(SYSPATH)
-            return
-
-
-def run(
-    command: list[str], device: VirtualAE3, *, trace: bool = False, report: Path | None = None
-) -> int:
-    testbed = UMockdev.Testbed.new()
-    testbed.add_from_string(device_record())
-    # umockdev writes A: attributes without the trailing newline libusb expects.
-    for attribute, value in (
-        ("busnum", BUS),
-        ("devnum", DEVNUM),
-        ("speed", 480),
-        ("bConfigurationValue", 1),
-    ):
-        testbed.set_attribute(SYSPATH, attribute, f"{value}\n")
-    handler = _Handler(UsbfsBridge(device, trace))
-    testbed.attach_ioctl(NODE, handler)
-    root = testbed.get_root_dir()
-    env = dict(
-        os.environ, LD_PRELOAD=_with_preload(os.environ.get("LD_PRELOAD", "")), UMOCKDEV_DIR=root
-    )
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_departure, args=(device, testbed, stop), daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    try:
-        status = subprocess.run(command, env=env, check=False).returncode
-        if report is not None:
-            stats = device.stats
-            report.write_text(
-                json.dumps(
-                    {
-                        "command": command,
-                        "exit_status": status,
-                        "seconds": time.perf_counter() - started,
-                        "device_seconds": stats.device_time,
-                        "control_transfers": stats.control_transfers,
-                        "blocks_written": stats.blocks_written,
-                        "blocks_read": stats.blocks_read,
-                        "exit_reason": device.exit_reason,
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        return status
-    except FileNotFoundError:
-        print(f"with-virtual-ae3: {command[0]}: command not found", file=sys.stderr)
-        return 127
-    finally:
-        stop.set()
-        watcher.join()
-        device.memory.close()
-        if device.present:
-            testbed.detach_ioctl(NODE)
-        del handler, testbed
-        gc.collect()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _with_preload(current: str) -> str:
-    parts = [p for p in current.split(":") if p]
-    return ":".join(parts if PRELOAD in parts else [PRELOAD, *parts])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="with-virtual-ae3",
-        description="Run a program against a virtual AE3 bootloader through real libusb.",
-        epilog="Example: scripts/with-virtual-ae3 --memory cam -- dfu-util -l",
-    )
-    parser.add_argument(
-        "--memory",
-        type=Path,
-        required=True,
-        help="directory holding the camera's memory (as ae3tools --virtual)",
-    )
-    parser.add_argument(
-        "--listen-window",
-        action="store_true",
-        help="behave as a freshly plugged camera: leave after 1.5 s without "
-        "DFU activity (default: sent to the bootloader by the application)",
-    )
-    parser.add_argument(
-        "--timing", default="zero", help="device costs: zero (default) or realistic, with overrides"
-    )
-    parser.add_argument("--fault", action="append", default=[], help="inject a fault")
-    parser.add_argument("--trace", action="store_true", help="print every request to stderr")
-    parser.add_argument(
-        "--report",
-        type=Path,
-        help="write JSON: the command's seconds and exit status, the model's "
-        "device seconds and transfer counts",
-    )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("no command given (put it after --)")
-    try:
-        timing = Timing.parse(args.timing)
-        faults = Fault.parse_many(args.fault)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.listen_window and timing.listen_window is None:
-        timing = Timing(**{**vars(timing), "listen_window": LISTEN_WINDOW})
-    if PRELOAD not in os.environ.get("LD_PRELOAD", ""):
-        # Testbed.uevent (the unplug) works only with this process under the preload too.
-        env = dict(os.environ, LD_PRELOAD=_with_preload(os.environ.get("LD_PRELOAD", "")))
-        os.execve(
-            sys.executable, [sys.executable, "-m", __spec__.name, *(argv or sys.argv[1:])], env
-        )
-    try:
-        memory = DeviceMemory(args.memory)
-        memory.claim()  # this process is the camera: one owner, as on a real bus
-    except (OSError, CameraInUse) as exc:
-        parser.exit(1, f"with-virtual-ae3: {exc}\n")
-    device = VirtualAE3(memory, timing, faults, forced=not args.listen_window)
-    return run(command, device, trace=args.trace, report=args.report)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

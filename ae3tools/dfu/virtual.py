@@ -25,6 +25,7 @@ from ae3tools.board import (
     ALT_NAMES,
     BOOT,
     BOOT_HEADER_OFFSET,
+    BOOT_HEADER_SIZE,
     BOOT_MAGIC,
     BOOTLOADER_PID,
     DFU_BLOCK_SIZE,
@@ -40,6 +41,8 @@ from ae3tools.board import (
 )
 from ae3tools.dfu.protocol import (
     DEVICE_REMOTE_WAKEUP,
+    LATEST_BOOTLOADER,
+    BootloaderRelease,
     DescriptorType,
     DfuStatus,
     Request,
@@ -48,7 +51,6 @@ from ae3tools.dfu.protocol import (
     StdRequest,
 )
 
-BOOTLOADER_VERSION = (1, 0, 3)  # §0, header.h
 MAX_TRANSFER = DFU_BLOCK_SIZE  # §1.2 wTransferSize
 NOR_PAGE = 128  # §5.2: page-program commands of 128 bytes
 NOR_ERASED = 0xFF  # §5.2 (inferred erase value)
@@ -58,15 +60,14 @@ MRAM_FRESH = 0x00
 # ----------------------------------------------------------------------------- descriptors
 
 
-def _device_descriptor() -> bytes:
-    """§1.1: 12 01 00 02 00 00 00 40 C5 37 E3 96 03 01 01 02 03 01."""
-    major, minor, patch = BOOTLOADER_VERSION
-    bcd_device = (major << 8) | (minor << 4) | patch  # not strict BCD (§1.1)
+def device_descriptor(release: BootloaderRelease = LATEST_BOOTLOADER) -> bytes:
+    """§1.1: 12 01 00 02 00 00 00 40 C5 37 E3 96 03 01 01 02 03 01 (bcdDevice by release,
+    §13.1: 0x0200 on the header-less 1.0.0)."""
     return (
         bytes([0x12, 0x01, 0x00, 0x02, 0, 0, 0, 0x40])
         + USB_VID.to_bytes(2, "little")
         + BOOTLOADER_PID.to_bytes(2, "little")
-        + bcd_device.to_bytes(2, "little")
+        + release.bcd_device.to_bytes(2, "little")
         + bytes([1, 2, 3, 1])
     )
 
@@ -86,7 +87,6 @@ def _configuration_descriptor() -> bytes:
     return bytes([0x09, 0x02, *total.to_bytes(2, "little"), 1, 1, 0, 0x80, 0xFA]) + body
 
 
-DEVICE_DESCRIPTOR = _device_descriptor()
 CONFIGURATION_DESCRIPTOR = _configuration_descriptor()
 DEVICE_QUALIFIER = bytes([0x0A, 0x06, 0x00, 0x02, 0, 0, 0, 0x40, 0x01, 0x00])  # §1.1
 MAX_STRING_CHARS = 32  # §1.3
@@ -110,7 +110,8 @@ class Timing:
     programs of 0.3 ms, a 4 KiB NOR read of 0.7 ms (single-lane SPI at 50 MHz, §11),
     bus time of one 125 us microframe per control transfer (SETUP and status stages)
     plus 8 MB/s for the data stage (64-byte EP0 packets, §10), 2 s for the recovery
-    sequence, and the 1.5 s listen window of §8.1.
+    sequence, and the 1.5 s listen window of §8.1. A running camera takes 0.5 s from its
+    reset to the next enumeration (openmv-protocol.md §5.2: "well under a second").
     """
 
     listen_window: float | None = None  # None: no timeout, like forced entry (§8.1)
@@ -121,6 +122,7 @@ class Timing:
     nor_page_program: float = 0.0
     nor_read_block: float = 0.0
     recovery: float = 0.0
+    reboot: float = 0.0  # a running camera's reset until the next enumeration (its own)
 
     @classmethod
     def zero(cls) -> Timing:
@@ -137,6 +139,7 @@ class Timing:
             nor_page_program=0.0003,
             nor_read_block=0.0007,
             recovery=2.0,
+            reboot=0.5,
         )
 
     @classmethod
@@ -278,15 +281,30 @@ def partition_file_name(partition: Partition) -> str:
 
 
 def _fresh_contents(partition: Partition) -> bytes:
-    """What an untouched partition holds: erased NOR, zeroed MRAM, and a bootloader."""
+    """What an untouched partition holds: erased NOR, zeroed MRAM."""
     if partition.memory is Memory.NOR:
         return bytes([NOR_ERASED]) * partition.size
-    image = bytearray(partition.size)
-    if partition.read_only:  # BOOT: a stand-in bootloader carrying the real boot header (§10)
-        major, minor, patch = BOOTLOADER_VERSION
-        header = BOOT_MAGIC.to_bytes(4, "little") + bytes([major, minor, patch])
+    return bytes(partition.size)
+
+
+def boot_image(release: BootloaderRelease) -> bytes:
+    """BOOT's contents (read-only over DFU, §5): a stand-in bootloader of this release.
+
+    From 1.0.1 on it carries the real boot header at +0x1000 (§10); 1.0.0 has ordinary
+    code there (§13.1), modelled as Thumb NOPs.
+    """
+    image = bytearray(BOOT.size)
+    if release.boot_header:
+        header = BOOT_MAGIC.to_bytes(4, "little") + bytes(release.version)
         image[BOOT_HEADER_OFFSET : BOOT_HEADER_OFFSET + len(header)] = header
+    else:
+        image[BOOT_HEADER_OFFSET : BOOT_HEADER_OFFSET + BOOT_HEADER_SIZE] = THUMB_NOP * (
+            BOOT_HEADER_SIZE // len(THUMB_NOP)
+        )
     return bytes(image)
+
+
+THUMB_NOP = bytes.fromhex("00bf")
 
 
 class CameraInUse(Exception):
@@ -346,8 +364,9 @@ class DeviceMemory:
             self._owner = None
 
     def buffer(self, partition: Partition) -> bytearray | mmap.mmap:
-        if partition.memory is Memory.RECOVERY:
-            raise ValueError("the recovery partition has no storage")
+        if partition.memory is Memory.RECOVERY or partition.read_only:
+            # BOOT is the bootloader itself, which the device model supplies.
+            raise ValueError(f"the {partition.name} partition has no storage")
         with self._lock:
             existing = self._buffers.get(partition.alt)
             if existing is not None:
@@ -451,6 +470,7 @@ class DeviceStats:
 
 
 DEFAULT_SERIAL = "AE30000000000000DEADBEEF"  # §1.3: 24 upper-case hex digits
+VIRTUAL_BUS = 1  # the bus number virtual cameras sit on
 
 
 class VirtualAE3:
@@ -465,23 +485,30 @@ class VirtualAE3:
         serial: str = DEFAULT_SERIAL,
         forced: bool = False,
         plug_delay: float = 0.0,
+        release: BootloaderRelease = LATEST_BOOTLOADER,
+        stats: DeviceStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = precise_sleep,
     ) -> None:
         self.memory = memory or DeviceMemory()
+        self.release = release  # which bootloader this camera shipped with (§13)
+        self.device_descriptor = device_descriptor(release)
+        self.configuration_descriptor = CONFIGURATION_DESCRIPTOR
+        self.boot_image = boot_image(release)
         self.timing = timing or Timing.zero()
         self.faults = list(faults)
         self.serial = serial
         self.forced = forced  # §8.1: the application asked for the bootloader (magic word)
         self.clock = clock
         self.sleep = sleep
-        self.stats = DeviceStats()
+        self.stats = stats or DeviceStats()  # shared by a camera's successive sessions
         self.lock = threading.RLock()
         self.exit_reason: str | None = None  # why the bootloader left, once it has
         self.hung = False
         self.configuration = 1  # §8.1 phase A: the OS configures it at once
         self.remote_wakeup = False  # §13.3: SET_FEATURE(DEVICE_REMOTE_WAKEUP) sets it
         self.boot_mode = BootMode.DETACHED
+        self.detach_received = False  # a DETACH a pre-1.0.2 bootloader did not leave on
         # Plugged in (and enumerated: §8.1 phase A) `plug_delay` seconds from now.
         self.configured_at = clock() + plug_delay
         self._armed_fault: Fault | None = None
@@ -500,6 +527,10 @@ class VirtualAE3:
 
     # ------------------------------------------------------------------ session (§8)
 
+    def attached(self) -> VirtualAE3 | None:
+        """As a port of the virtual bus: the bootloader, while it is on the bus."""
+        return self if self.present else None
+
     @property
     def present(self) -> bool:
         """On the bus as the bootloader (it may leave by itself: §8.3)."""
@@ -507,7 +538,12 @@ class VirtualAE3:
             self._check_listen_window()
             return self.exit_reason is None and self.clock() >= self.configured_at
 
-    def _check_listen_window(self) -> None:
+    def _check_listen_window(self, *, detached: bool = False) -> None:
+        """§8.1 phase B: leave when not forced, DETACHED, and the window has passed.
+
+        `detached`: a DETACH on a pre-1.0.2 bootloader (§13.1) just re-armed the flag;
+        its elapsed time runs from SET_CONFIGURATION and is never restarted.
+        """
         window = self.timing.listen_window
         if (
             self.exit_reason is None
@@ -516,7 +552,10 @@ class VirtualAE3:
             and self.boot_mode is BootMode.DETACHED
             and self.clock() - self.configured_at > window
         ):
-            self.leave(f"no DFU activity within {window} s of enumeration")
+            if detached or self.detach_received:
+                self.leave(f"DETACH, {window} s after enumeration (bootloader before 1.0.2)")
+            else:
+                self.leave(f"no DFU activity within {window} s of enumeration")
 
     def leave(self, reason: str) -> None:
         """§8.1 step 5: disconnect and jump to HP (no validity check)."""
@@ -618,7 +657,7 @@ class VirtualAE3:
 
     def _descriptor(self, kind: int, index: int) -> bytes:
         if kind == DescriptorType.DEVICE:
-            return DEVICE_DESCRIPTOR
+            return self.device_descriptor
         if kind == DescriptorType.CONFIGURATION:
             return CONFIGURATION_DESCRIPTOR  # §1.2: any index returns it
         if kind == DescriptorType.DEVICE_QUALIFIER:
@@ -659,9 +698,16 @@ class VirtualAE3:
         if request in (Request.CLRSTATUS, Request.ABORT):
             self._reset_dfu()  # §4.2: both accepted in every state, ERROR included
             return b""
-        # DETACH: acknowledged, then the bootloader leaves from any state (§8.3).
-        self.boot_mode = BootMode.RESET
-        self.leave("DETACH")
+        # DETACH: acknowledged, then the bootloader leaves from any state (§8.3) on 1.0.2+.
+        # Before 1.0.2 it only sets `tud_dfu_detached` again: the loop leaves once 1.5 s
+        # have passed since SET_CONFIGURATION, and never in forced mode (§13.1).
+        if self.release.detach_leaves:
+            self.boot_mode = BootMode.RESET
+            self.leave("DETACH")
+        else:
+            self.boot_mode = BootMode.DETACHED
+            self.detach_received = True
+            self._check_listen_window(detached=True)
         return b""
 
     def _take_fault(self, op: str, block: int) -> Fault | None:
@@ -840,7 +886,10 @@ class VirtualAE3:
         ):
             self.state, self.status = State.ERROR, Status.errFILE  # §6: flash_read failed
             return b""
-        data = self.memory.read(partition, offset, length)
+        if partition.read_only:
+            data = self.boot_image[offset : offset + length]
+        else:
+            data = self.memory.read(partition, offset, length)
         self.xfer[:length] = data
         self.stats.blocks_read += 1
         if partition.memory is Memory.NOR:

@@ -11,16 +11,16 @@ import array
 import errno
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import usb.backend
 import usb.core
 
 from ae3tools.dfu.virtual import (
-    CONFIGURATION_DESCRIPTOR,
-    DEVICE_DESCRIPTOR,
+    VIRTUAL_BUS,
     CameraInUse,
     DeviceMemory,
     DeviceTimeout,
@@ -41,7 +41,6 @@ LIBUSB_ERROR_BUSY = -6
 LIBUSB_ERROR_TIMEOUT = -7
 LIBUSB_ERROR_PIPE = -9
 HIGH_SPEED = 3  # usb.util.SPEED_HIGH
-VIRTUAL_BUS = 1
 
 
 def _fields(raw: bytes, names: Sequence[tuple[str, int]]) -> dict[str, int]:
@@ -69,52 +68,105 @@ _INTERFACE_FIELDS = (
 )  # fmt: skip
 
 
-def _split_configuration(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
-    """Configuration header, interface descriptors, and what follows the last one.
+_ENDPOINT_FIELDS = (
+    ("bLength", 1), ("bDescriptorType", 1), ("bEndpointAddress", 1), ("bmAttributes", 1),
+    ("wMaxPacketSize", 2), ("bInterval", 1),
+)  # fmt: skip
+INTERFACE, ENDPOINT = 0x04, 0x05
 
-    libusb hands descriptors it does not parse (the DFU functional descriptor) to the
-    interface they follow, as `extra`; so does this.
-    """
-    header, interfaces, extra = raw[:9], [], b""
+
+@dataclass
+class _Descriptor:
+    raw: bytes
+    extra: bytearray = field(default_factory=bytearray)
+    endpoints: list[_Descriptor] = field(default_factory=list)
+
+
+def _parse_configuration(raw: bytes) -> tuple[_Descriptor, list[_Descriptor]]:
+    """A configuration descriptor as libusb parses it: the header, then each interface
+    (alt setting) with its endpoints. Descriptors libusb does not parse (an IAD, CDC
+    functional descriptors, the DFU functional descriptor) go to the `extra` of what they
+    follow, as libusb hands them over."""
+    header = _Descriptor(raw[:9])
+    interfaces: list[_Descriptor] = []
+    current = header
     offset = 9
-    while offset < len(raw):
+    while offset + 2 <= len(raw):
         length, kind = raw[offset], raw[offset + 1]
         chunk = raw[offset : offset + length]
-        if kind == 0x04:
-            interfaces.append(chunk)
+        if kind == INTERFACE:
+            current = _Descriptor(chunk)
+            interfaces.append(current)
+        elif kind == ENDPOINT and interfaces:
+            current = _Descriptor(chunk)
+            interfaces[-1].endpoints.append(current)
         else:
-            extra += chunk
-        offset += length
-    return header, interfaces, extra
+            current.extra += chunk
+        offset += max(length, 2)
+    return header, interfaces
+
+
+class BusDevice(Protocol):
+    """A device model on the virtual bus: its descriptors and its control endpoint."""
+
+    device_descriptor: bytes
+    configuration_descriptor: bytes
+    memory: DeviceMemory
+
+    @property
+    def present(self) -> bool: ...
+
+    def control(self, setup: Setup, data: bytes = b"", timeout: float = 5.0) -> bytes: ...
+
+    def bus_reset(self) -> None: ...
+
+
+class Slot(Protocol):
+    """A port of the virtual bus and what is plugged into it now (it may change: a
+    running camera re-enumerates as its bootloader)."""
+
+    memory: DeviceMemory
+
+    def attached(self) -> BusDevice | None: ...
 
 
 class _DeviceId:
-    """What enumerate_devices yields: a place on the virtual bus."""
+    """What enumerate_devices yields: one enumeration of a device at a port."""
 
-    def __init__(self, device: VirtualAE3, port: int) -> None:
+    def __init__(self, device: BusDevice, port: int) -> None:
         self.device = device
         self.port = port
+        self.configuration = _parse_configuration(device.configuration_descriptor)
 
 
 class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
-    """pyusb backend over a list of virtual devices, one per port of one bus."""
+    """pyusb backend over virtual devices, one per port of one bus."""
 
-    def __init__(self, devices: Sequence[VirtualAE3]) -> None:
+    def __init__(self, devices: Sequence[Slot]) -> None:
         super().__init__()
         self.devices = list(devices)
-        self._ids = [_DeviceId(device, port) for port, device in enumerate(self.devices, 1)]
+        self._seen: dict[int, _DeviceId] = {}
 
     # ---------------------------------------------------------------- descriptors
 
     def enumerate_devices(self) -> Iterator[_DeviceId]:
-        return iter([dev for dev in self._ids if dev.device.present])
+        found = []
+        for port, slot in enumerate(self.devices, 1):
+            device = slot.attached()
+            if device is None:
+                continue
+            known = self._seen.get(port)
+            if known is None or known.device is not device:  # a new enumeration
+                known = self._seen[port] = _DeviceId(device, port)
+            found.append(known)
+        return iter(found)
 
     def get_parent(self, dev: _DeviceId) -> None:
         return None
 
     def get_device_descriptor(self, dev: _DeviceId) -> SimpleNamespace:
         return SimpleNamespace(
-            **_fields(DEVICE_DESCRIPTOR, _DEVICE_FIELDS),
+            **_fields(dev.device.device_descriptor, _DEVICE_FIELDS),
             bus=VIRTUAL_BUS,
             address=1 + dev.port,
             port_number=dev.port,
@@ -125,29 +177,40 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
     def get_configuration_descriptor(self, dev: _DeviceId, config: int) -> SimpleNamespace:
         if config != 0:
             raise IndexError("configuration index out of range")
-        header, _, _ = _split_configuration(CONFIGURATION_DESCRIPTOR)
-        return SimpleNamespace(**_fields(header, _CONFIG_FIELDS), extra_descriptors=[])
+        header, _ = dev.configuration
+        return SimpleNamespace(
+            **_fields(header.raw, _CONFIG_FIELDS), extra_descriptors=list(header.extra)
+        )
+
+    def _interface(self, dev: _DeviceId, intf: int, alt: int, config: int) -> _Descriptor:
+        _, interfaces = dev.configuration
+        matching = [i for i in interfaces if i.raw[2] == intf]
+        if config != 0 or not 0 <= alt < len(matching):
+            raise IndexError("interface index out of range")
+        return matching[alt]
 
     def get_interface_descriptor(
         self, dev: _DeviceId, intf: int, alt: int, config: int
     ) -> SimpleNamespace:
-        _, interfaces, extra = _split_configuration(CONFIGURATION_DESCRIPTOR)
-        if config != 0 or intf != 0 or not 0 <= alt < len(interfaces):
-            raise IndexError("interface index out of range")
-        last = alt == len(interfaces) - 1
+        interface = self._interface(dev, intf, alt, config)
         return SimpleNamespace(
-            **_fields(interfaces[alt], _INTERFACE_FIELDS),
-            extra_descriptors=list(extra) if last else [],
+            **_fields(interface.raw, _INTERFACE_FIELDS), extra_descriptors=list(interface.extra)
         )
 
     def get_endpoint_descriptor(
         self, dev: _DeviceId, ep: int, intf: int, alt: int, config: int
-    ) -> None:
-        raise IndexError("the DFU interface has no endpoints")
+    ) -> SimpleNamespace:
+        endpoints = self._interface(dev, intf, alt, config).endpoints
+        if not 0 <= ep < len(endpoints):
+            raise IndexError("endpoint index out of range")
+        return SimpleNamespace(
+            **_fields(endpoints[ep].raw, _ENDPOINT_FIELDS),
+            extra_descriptors=list(endpoints[ep].extra),
+        )
 
     # ---------------------------------------------------------------- transfers
 
-    def open_device(self, dev: _DeviceId) -> VirtualAE3:
+    def open_device(self, dev: _DeviceId) -> BusDevice:
         if not dev.device.present:
             raise usb.core.USBError(
                 "No such device (it may have been disconnected)",
@@ -156,36 +219,39 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             )
         return dev.device
 
-    def close_device(self, dev_handle: VirtualAE3) -> None:
+    def close_device(self, dev_handle: BusDevice) -> None:
         return None
 
     def shutdown(self) -> None:
-        """Flush and close every device's memory (the files under --virtual DIR)."""
-        for device in self.devices:
-            device.memory.close()
+        """Stop every virtual camera and close its memory (the files under --virtual DIR)."""
+        for slot in self.devices:
+            stop = getattr(slot, "stop", None)
+            if stop is not None:
+                stop()
+            slot.memory.close()
 
-    def claim_interface(self, dev_handle: VirtualAE3, intf: int) -> None:
+    def claim_interface(self, dev_handle: BusDevice, intf: int) -> None:
         """As libusb: LIBUSB_ERROR_BUSY when another process has claimed the camera."""
         try:
             self._call(dev_handle, dev_handle.memory.claim)
         except CameraInUse:
             raise usb.core.USBError("Resource busy", LIBUSB_ERROR_BUSY, errno.EBUSY) from None
 
-    def release_interface(self, dev_handle: VirtualAE3, intf: int) -> None:
+    def release_interface(self, dev_handle: BusDevice, intf: int) -> None:
         dev_handle.memory.release()
 
-    def set_configuration(self, dev_handle: VirtualAE3, config_value: int) -> None:
+    def set_configuration(self, dev_handle: BusDevice, config_value: int) -> None:
         self._control(dev_handle, 0x00, 9, config_value, 0, b"", 1000)
 
-    def get_configuration(self, dev_handle: VirtualAE3) -> int:
+    def get_configuration(self, dev_handle: BusDevice) -> int:
         return self._control(dev_handle, 0x80, 8, 0, 0, 1, 1000)[0]
 
-    def set_interface_altsetting(self, dev_handle: VirtualAE3, intf: int, altsetting: int) -> None:
+    def set_interface_altsetting(self, dev_handle: BusDevice, intf: int, altsetting: int) -> None:
         self._control(dev_handle, 0x01, 11, altsetting, intf, b"", 1000)
 
     def ctrl_transfer(
         self,
-        dev_handle: VirtualAE3,
+        dev_handle: BusDevice,
         bmRequestType: int,
         bRequest: int,
         wValue: int,
@@ -203,21 +269,21 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         self._control(dev_handle, bmRequestType, bRequest, wValue, wIndex, data.tobytes(), timeout)
         return length
 
-    def reset_device(self, dev_handle: VirtualAE3) -> None:
+    def reset_device(self, dev_handle: BusDevice) -> None:
         """§8.3: the bootloader leaves on a bus reset and is gone before re-enumeration,
         so the reset fails as libusb reports it then: NOT_FOUND."""
         self._call(dev_handle, dev_handle.bus_reset)
         raise usb.core.USBError("Entity not found", LIBUSB_ERROR_NOT_FOUND, errno.ENOENT)
 
-    def is_kernel_driver_active(self, dev_handle: VirtualAE3, intf: int) -> bool:
+    def is_kernel_driver_active(self, dev_handle: BusDevice, intf: int) -> bool:
         return False
 
-    def detach_kernel_driver(self, dev_handle: VirtualAE3, intf: int) -> None:
+    def detach_kernel_driver(self, dev_handle: BusDevice, intf: int) -> None:
         return None
 
     def _control(
         self,
-        device: VirtualAE3,
+        device: BusDevice,
         request_type: int,
         request: int,
         value: int,
@@ -236,10 +302,10 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         return result
 
     @staticmethod
-    def _call(device: VirtualAE3, action: Any) -> Any:
+    def _call(device: BusDevice, action: Any) -> Any:
         try:
             if not device.present:
-                raise NoDevice(device.exit_reason)
+                raise NoDevice("not on the bus")
             return action()
         except Stall:
             raise usb.core.USBError("Pipe error", LIBUSB_ERROR_PIPE, errno.EPIPE) from None
