@@ -108,13 +108,15 @@ def reach_bootloader(
     selector: Selector,
     *,
     wait: float = 0.0,
+    reboot_wait: float = BOOTLOADER_TIMEOUT,
     status: Status | None = None,
     on_waiting: Callable[[], None] | None = None,
 ) -> tuple[Any, RunningCamera | None]:
     """The named camera's bootloader device, sending a running camera there first.
 
     Returns the device and, if the camera was running, what it ran. Waits up to `wait`
-    seconds for a camera to appear (plugged in, or reset into the bootloader).
+    seconds for a camera to appear (plugged in, or reset into the bootloader), and up to
+    `reboot_wait` for a running camera's bootloader.
     """
     say = status or (lambda _: None)
     deadline = time.monotonic() + wait
@@ -124,7 +126,7 @@ def reach_bootloader(
         if found is not None and not isinstance(found, CameraPort):
             return found, None
         if isinstance(found, CameraPort):
-            return reboot_and_wait(backend, found, say)
+            return reboot_and_wait(backend, found, say, reboot_wait)
         if time.monotonic() >= deadline:
             break
         if not announced and on_waiting is not None:
@@ -142,7 +144,13 @@ def reach_bootloader(
 
 
 def reboot_only(
-    backend: Any, ports: PortSource, selector: Selector, *, wait: bool, status: Status | None
+    backend: Any,
+    ports: PortSource,
+    selector: Selector,
+    *,
+    wait: bool,
+    reboot_wait: float = BOOTLOADER_TIMEOUT,
+    status: Status | None = None,
 ) -> tuple[RunningCamera | None, BootloaderInfo | None]:
     """`ae3tools bootloader`: send the named running camera to its bootloader; with
     `wait`, also wait for that bootloader to enumerate (it is not opened: nothing latches).
@@ -162,7 +170,7 @@ def reboot_only(
         camera = send_to_bootloader(found)
         (status or (lambda _: None))(f"camera on {found.device} running {camera.description}")
         return camera, None
-    device, camera = reboot_and_wait(backend, found, status or (lambda _: None))
+    device, camera = reboot_and_wait(backend, found, status or (lambda _: None), reboot_wait)
     return camera, describe_bootloader(device)
 
 

@@ -18,6 +18,7 @@ import pytest
 from ae3tools.board import RECOVERY_KEY, Role, partition_for_role
 from ae3tools.bundle import ReleaseInfo, inputs_from_directory, read_bundle, write_bundle
 from ae3tools.dfu.virtual import partition_image
+from ae3tools.identity import application_serial
 from tests.conftest import FIXTURES, ROOT
 from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 
@@ -268,3 +269,54 @@ def test_fault_matrix_through_libusb(
     assert again.returncode == 0, again.stderr
     for image in read_bundle(matrix_bundle):
         assert memory_holds(memory, image.role, image.data)
+
+
+# ------------------------------------------------------------------ running cameras
+
+
+def test_pyserial_discovery_finds_the_running_camera(tmp_path: Path) -> None:
+    """umockdev shows the tty with the sysfs links pyserial reads: VID:PID and serial."""
+    probe = (
+        "from serial.tools import list_ports\n"
+        "for p in list_ports.comports():\n"
+        "    print(p.device, hex(p.vid or 0), hex(p.pid or 0), p.serial_number)"
+    )
+    result = bridge(tmp_path / "cam", sys.executable, "-c", probe, options=("--mode", "app"))
+    assert result.returncode == 0, result.stderr
+    serial = application_serial("AE30000000000000DEADBEEF")
+    assert f"/dev/ttyACM0 0x37c5 0x16e3 {serial}" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("bootloader", ["1.0.3", "1.0.2", "1.0.1", "1.0.0"])
+@pytest.mark.parametrize("mode", ["app", "app-legacy", "app-4.7"])
+def test_reboot_and_flash_through_pyserial_and_libusb(
+    tmp_path: Path, mode: str, bootloader: str
+) -> None:
+    memory = tmp_path / "cam"
+    bundle = tmp_path / "bundle.zip"
+    write_bundle(bundle, inputs_from_directory(GOOD), ReleaseInfo())
+    report = tmp_path / "report.json"
+    options = ("--mode", mode, "--bootloader", bootloader, "--report", str(report))
+    result = bridge(memory, AE3TOOLS, "flash", bundle, "--json", options=options)
+    assert result.returncode == 0, result.stderr
+    flashed = json.loads(result.stdout)
+    assert flashed["was_running"]["port"] == "/dev/ttyACM0"
+    assert flashed["device"]["bootloader_version"] == bootloader
+    assert flashed["after"] == "camera reset: running its application again"
+    for image in read_bundle(bundle):
+        assert memory_holds(memory, image.role, image.data)
+    device = json.loads(report.read_text())
+    leaves_on_detach = bootloader in ("1.0.2", "1.0.3")
+    assert device["exit_reason"] == ("DETACH" if leaves_on_detach else "USB reset")
+    assert device["history"][-1].startswith("application")  # it boots again
+
+
+def test_dfu_util_users_no_longer_replug(tmp_path: Path) -> None:
+    """`ae3tools bootloader`, then dfu-util finds the camera: no listen window to catch."""
+    script = (
+        f"dfu-util -l | grep -c 'Found DFU' || true; {AE3TOOLS} bootloader >/dev/null && "
+        "dfu-util -l | grep -c 'Found DFU'"
+    )
+    result = shell(tmp_path / "cam", script, options=("--mode", "app-legacy"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "8"]  # none while running; then eight alt settings

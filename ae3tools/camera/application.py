@@ -77,6 +77,7 @@ class AppFault(str, Enum):
     MUTE = "mute"  # a script has taken over the USB port: nothing answers
     BAD_CRC = "badcrc"  # every V2 reply carries a corrupted payload CRC
     STUCK = "stuck"  # the TRCENA spin (§5.1): it stops answering, no bootloader comes
+    GONE = "gone"  # it drops off the bus in its reset and never comes back (unplugged)
 
 
 APP_FAULT_PREFIX = "app:"
@@ -200,13 +201,19 @@ class VirtualApplication:
 
     # ------------------------------------------------------------------ V2 (§3)
 
-    def _reset_protocol(self) -> None:
-        """§3.6, omv_protocol_reset(): sequence 0, parser cleared, default caps."""
+    def _reset_protocol(self, *, clear_input: bool = True) -> None:
+        """§3.6, omv_protocol_reset(): sequence 0, default caps, parser cleared.
+
+        A PROTO_SYNC resets the same state but keeps what follows it in the buffer: the
+        checklist's "two packets in one read are both processed" (§7 item 4) holds for
+        a SYNC followed by a request too.
+        """
         self.sequence = 0
         self.caps = DEFAULT_CAPS
         self.max_payload = MAX_PAYLOAD
         self.awaiting = None
-        self.rx.clear()
+        if clear_input:
+            self.rx.clear()
 
     def _encode(self, packet: Packet) -> bytes:
         raw = bytearray(packet.encode())
@@ -332,7 +339,7 @@ class VirtualApplication:
     def _v2_request(self, header: Header, payload: bytes) -> bytes:
         opcode = header.opcode
         if opcode == Opcode.PROTO_SYNC:
-            self._reset_protocol()
+            self._reset_protocol(clear_input=False)
             return self._send(opcode, Flag.ACK)
         if opcode == Opcode.PROTO_GET_CAPS:
             return self._data(header, pack_caps(self.caps, self.max_payload))

@@ -156,6 +156,8 @@ def header_crc_ok(data: bytes) -> bool:
 
 def decode_header(data: bytes, *, check_crc: bool = True) -> Header:
     """The header at the start of `data` (at least HEADER_SIZE bytes, starting AA D5)."""
+    if len(data) < HEADER_SIZE:
+        raise BadPacket(f"{len(data)} bytes, less than a header")
     sync, sequence, channel, flags, opcode, length = _HEADER.unpack_from(data)
     if sync != SYNC_WORD:
         raise BadPacket("no sync word")

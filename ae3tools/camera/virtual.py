@@ -333,6 +333,9 @@ class VirtualCamera:
                 self.app_usb.left = True
             self.app_usb, self.pty = None, None
             forced = request is BootRequest.FORCED
+            if AppFault.GONE in self.app_faults:
+                self.history.append("unplugged during its reset (injected)")
+                return
             self.history.append(f"reset into the bootloader ({'forced' if forced else 'normal'})")
             self.next_change = (self.clock() + self.timing.reboot, lambda: self._enter(forced))
 

@@ -369,6 +369,7 @@ def bootloader(
             target.ports(backend),
             target.selector(),
             wait=target.wait,
+            reboot_wait=target.reboot_wait,
             status=None if as_json else err.print,
         )
     finally:

@@ -191,6 +191,14 @@ class Target:
     def timeout_ms(self) -> int:
         return max(1, round(self.timeout * 1000))
 
+    @property
+    def reboot_wait(self) -> float:
+        """How long a running camera may take to come back as a bootloader: 10 s
+        (openmv-protocol.md §6.2 step 6), or less if --wait-timeout says so."""
+        from ae3tools.reach import BOOTLOADER_TIMEOUT
+
+        return min(self.wait_timeout, BOOTLOADER_TIMEOUT)
+
     def selector(self) -> Selector:
         from ae3tools.reach import Selector
 
@@ -289,6 +297,7 @@ def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
             ports,
             target.selector(),
             wait=target.wait_timeout if target.wait else 0.0,
+            reboot_wait=target.reboot_wait,
             status=say,
             on_waiting=waiting,
         )
