@@ -202,6 +202,7 @@ def main() -> None:
 def bridged(memory: Path, command: list[str], report: Path) -> dict:
     """Run `command` against a realistic virtual AE3 on the umockdev bridge."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_VIRTUAL")}
+    report.unlink(missing_ok=True)  # a run that writes none must not show the last one
     subprocess.run(
         [
             str(BRIDGE),

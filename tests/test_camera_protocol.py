@@ -307,6 +307,9 @@ def test_injected_faults() -> None:
     stuck.receive(SYNC)
     stuck.receive(Packet(Opcode.SYS_BOOT, 1).encode())
     assert stuck.boot_request is None and stuck.crashed
+    chatty = app(faults=frozenset({AppFault.EVENTS}))
+    out = chatty.receive(SYNC)
+    assert out == H("AA D5 00 02 20 29 00 00") + out[8:10] + SYNC_ACK  # an event, then the ACK
     assert split_faults(["app:mute,status:alt=HP:block=1", "app:gone"]) == (
         ["status:alt=HP:block=1"],
         frozenset({AppFault.MUTE, AppFault.GONE}),

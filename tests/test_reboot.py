@@ -235,6 +235,12 @@ def _flash(cli, bundle: Path, cam: Path, *extra: str):  # type: ignore[no-untype
     return cli("flash", bundle, "--virtual", cam, "--virtual-mode", "app", "--json", *extra)
 
 
+def test_events_between_replies_are_skipped(cli, bundle: Path, tmp_path: Path) -> None:
+    result = _flash(cli, bundle, tmp_path / "cam", "--fault", "app:events")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["was_running"]["firmware_version"] == "5.0.0"
+
+
 def test_a_camera_answering_neither_protocol(cli, bundle: Path, tmp_path: Path) -> None:
     result = _flash(cli, bundle, tmp_path / "cam", "--fault", "app:mute")
     assert result.code == 1

@@ -78,6 +78,7 @@ class AppFault(str, Enum):
     BAD_CRC = "badcrc"  # every V2 reply carries a corrupted payload CRC
     STUCK = "stuck"  # the TRCENA spin (§5.1): it stops answering, no bootloader comes
     GONE = "gone"  # it drops off the bus in its reset and never comes back (unplugged)
+    EVENTS = "events"  # a stdout NOTIFY event before every V2 reply (§7 item 7): skip them
 
 
 APP_FAULT_PREFIX = "app:"
@@ -225,11 +226,15 @@ class VirtualApplication:
 
     def _send(self, opcode: int, flags: Flag, payload: bytes = b"", channel: int = 0) -> bytes:
         """A non-event packet: it carries the current sequence, which then advances (§3.4)."""
+        event = b""
+        if AppFault.EVENTS in self.faults:
+            # §3.10: stdout NOTIFY, channel 2, no payload; events do not move the sequence.
+            event = self._encode(Packet(Opcode.CHANNEL_EVENT, self.sequence, 2, Flag.EVENT))
         packet = Packet(opcode, self.sequence, channel, flags, payload)
         self.sequence = (self.sequence + 1) & 0xFF
         if flags & Flag.ACK_REQ:
             self.awaiting = (packet, self.clock(), 0)
-        return self._encode(packet)
+        return event + self._encode(packet)
 
     def _nak(self, header: Header, status: Status) -> bytes:
         return self._send(header.opcode, Flag.NAK, status.to_bytes(2, "little"), header.channel)
