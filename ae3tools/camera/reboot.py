@@ -37,9 +37,10 @@ from ae3tools.camera.protocol import (
 )
 from ae3tools.findings import DeviceError
 
-# §6.1: usbdbg answers within the 50 ms soft-timer poll (§7 item 12); silence this long
-# means the camera speaks V2 (or nothing).
-PROBE_TIMEOUT = 0.5
+# §6.1: "nothing back within about 1 s" means the camera speaks V2 (or nothing). usbdbg
+# answers within its 50 ms poll (§7 item 12), but guessing V2 too early on a slow host
+# would send a v4.7.0 camera the packet that kills it (§4.3): the spec's second it is.
+PROBE_TIMEOUT = 1.0
 REPLY_TIMEOUT = 1.0  # §7 item 12: a host should allow >= 1 s, as openmv-python does
 
 NEITHER_HINT = (

@@ -86,7 +86,7 @@ APP_INTERFACE_STRINGS = ("Board CDC", "Board MSC")
 TCGETS2 = 0x802C542A
 _TERMIOS2 = struct.Struct("<IIIIB19sII")
 POLL_INTERVAL = 0.005  # how often the pty's line state is looked at
-CLOSE_GRACE = 0.1  # how long a write may trail its close into the master (see _drain)
+CLOSE_GRACE = 0.25  # how long a write may trail its close into the master (see _drain)
 
 
 class AppUsbDevice:
