@@ -171,12 +171,12 @@ def test_a_camera_whose_serial_is_unknown_takes_the_one_new_bootloader() -> None
 
 def test_bootloader_command(cli, tmp_path: Path) -> None:
     cam = tmp_path / "cam"
-    result = cli("bootloader", "--virtual", cam, "--virtual-mode", "app", "--json")
+    result = cli("bootloader", "--virtual", cam, "--virtual-mode", "app", "--wait", "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     assert report["was_running"]["firmware_version"] == "5.0.0"
     assert report["bootloader"]["bootloader_version"] == "1.0.3"
-    text = cli("bootloader", "--virtual", cam, "--virtual-mode", "app-legacy", "--no-wait")
+    text = cli("bootloader", "--virtual", cam, "--virtual-mode", "app-legacy")
     assert text.code == 0 and "took the request and its port is closed" in text.out
     already = cli("bootloader", "--virtual", cam, "--virtual-mode", "bootloader")
     assert already.code == 0 and "in its bootloader already" in already.out
@@ -189,8 +189,7 @@ def test_bootloader_on_any_tty_given_with_port(tmp_path: Path) -> None:
     assert port is not None
     try:
         result = subprocess.run(
-            [str(AE3TOOLS), "bootloader", "--port", port.device,
-             "--no-wait", "--json"],
+            [str(AE3TOOLS), "bootloader", "--port", port.device, "--json"],
             capture_output=True, text=True, timeout=60,
             env={k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_")},
         )  # fmt: skip

@@ -344,7 +344,16 @@ def read(
 
 
 @app.command()
-@device_command(omit=("plug_delay", "fault"))
+@device_command(
+    omit=("plug_delay", "fault"),
+    options={
+        "wait": typer.Option(
+            False,
+            "--wait/--no-wait",
+            help="Also wait until that camera's bootloader has enumerated.",
+        )
+    },
+)
 def bootloader(
     as_json: bool = JsonOption,
     *,
@@ -355,10 +364,9 @@ def bootloader(
     For dfu-util or OpenMV IDE users: afterwards, `dfu-util -w -d ,37C5:96E3 ...` finds
     the camera with no replugging. Both firmware generations are handled (v5's protocol
     V2, v4's usbdbg). Exit status 0 once the camera took the request and its port is
-    closed; with --wait (the default), once that camera's bootloader has enumerated.
-    `--no-wait` returns as soon as the request is sent.
+    closed; with --wait, once that camera's bootloader has enumerated too.
 
-    Example: ae3tools bootloader --port /dev/ttyACM0
+    Example: ae3tools bootloader --port /dev/ttyACM0 --wait
     """
     from ae3tools.reach import reboot_only
 

@@ -95,7 +95,9 @@ PathOption = typer.Option(
     None, "--path", "-p", help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4."
 )
 WaitOption = typer.Option(
-    True, "--wait/--no-wait", help="Wait for the bootloader to appear (it listens ~1.5 s)."
+    True,
+    "--wait/--no-wait",
+    help="Wait for a camera to appear (plugged in, or reset: a bootloader listens ~1.5 s).",
 )
 WaitTimeoutOption = typer.Option(
     30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for a camera."
