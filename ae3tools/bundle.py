@@ -46,6 +46,15 @@ from ae3tools.findings import (
     warning,
     warnings_in,
 )
+from ae3tools.signing import (
+    MAX_SIGNATURE_SIZE,
+    SIGNATURE_NAME,
+    Signature,
+    TrustedKey,
+    check_signature,
+    sign,
+    signer_findings,
+)
 
 FORMAT = "ae3tools-bundle"
 FORMAT_VERSION = 1
@@ -155,6 +164,7 @@ class WrittenBundle:
     manifest: Manifest
     size: int
     sha256: str
+    signature: Signature | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,7 @@ class BundleReport:
     manifest: Manifest | None
     findings: tuple[Finding, ...]
     images: tuple[ImageReport, ...]
+    signature: Signature | None = None  # present and matching the manifest, or an error
 
     @property
     def all_findings(self) -> list[Finding]:
@@ -278,13 +289,18 @@ def _member(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def bundle_bytes(manifest: Manifest, artifacts: Mapping[Role, Artifact]) -> bytes:
-    """The zip: manifest.json first, then the images in flash order; byte-reproducible."""
+def bundle_bytes(
+    manifest: Manifest, artifacts: Mapping[Role, Artifact], signature: Signature | None = None
+) -> bytes:
+    """The zip: manifest.json first, then the images in flash order, then the signature
+    if there is one; byte-reproducible."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(_member(MANIFEST_NAME), manifest.to_json())
         for entry in manifest.images:
             archive.writestr(_member(entry.file), artifacts[entry.role].data)
+        if signature is not None:
+            archive.writestr(_member(SIGNATURE_NAME), signature.to_json())
     return buffer.getvalue()
 
 
@@ -308,16 +324,21 @@ def is_bundle(path: Path) -> bool:
         return False
 
 
-def open_bundle(path: Path) -> BundleReport:
+def open_bundle(path: Path, trusted: TrustedKey | None = None) -> BundleReport:
     """Check a bundle completely, in memory, writing nothing. Never raises for content.
 
-    Raises Ae3Error only when the file itself cannot be read.
+    `trusted`: accept only a bundle signed by this key. Raises Ae3Error only when the
+    file itself cannot be read.
     """
     if not path.is_file():
         raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
         with zipfile.ZipFile(path) as archive:
-            return _check_archive(str(path), archive)
+            report = _check_archive(str(path), archive)
+        if trusted is not None:
+            extra = signer_findings(report.signature, trusted)
+            report = replace(report, findings=(*report.findings, *extra))
+        return report
     except _Refused as exc:
         return BundleReport(str(path), None, (error("BUNDLE_REFUSED", str(exc)),), ())
     except _ZIP_ERRORS as exc:
@@ -327,9 +348,9 @@ def open_bundle(path: Path) -> BundleReport:
         )
 
 
-def read_bundle(path: Path) -> list[BundleImage]:
+def read_bundle(path: Path, trusted: TrustedKey | None = None) -> list[BundleImage]:
     """The verified images in flash order, or Ae3Error with the first problem."""
-    report = open_bundle(path)
+    report = open_bundle(path, trusted)
     problems = errors_in(report.all_findings)
     if problems:
         first = problems[0]
@@ -384,12 +405,16 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
             _bad(f"member {name!r} is encrypted")
     if MANIFEST_NAME not in seen:
         _bad(f"no {MANIFEST_NAME}")
-    manifest = parse_manifest(
-        _read_member(archive, archive.getinfo(MANIFEST_NAME), MAX_MANIFEST_SIZE)
-    )
+    raw_manifest = _read_member(archive, archive.getinfo(MANIFEST_NAME), MAX_MANIFEST_SIZE)
+    manifest = parse_manifest(raw_manifest)
     listed = {entry.file for entry in manifest.images}
-    unlisted = sorted(seen - listed - {MANIFEST_NAME})
+    unlisted = sorted(seen - listed - {MANIFEST_NAME, SIGNATURE_NAME})
     findings = [error("BUNDLE_UNLISTED", f"member {n!r} is not in the manifest") for n in unlisted]
+    signature = None
+    if SIGNATURE_NAME in seen:
+        raw = _read_member(archive, archive.getinfo(SIGNATURE_NAME), MAX_SIGNATURE_SIZE)
+        signature, problems = check_signature(raw, raw_manifest, MANIFEST_NAME)
+        findings.extend(problems)
     reports = []
     for entry in manifest.images:
         if entry.file not in seen:
@@ -399,7 +424,7 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
             continue
         data = _read_member(archive, archive.getinfo(entry.file), entry.partition_size)
         reports.append(_check_image(entry, data))
-    return BundleReport(path, manifest, tuple(findings), tuple(reports))
+    return BundleReport(path, manifest, tuple(findings), tuple(reports), signature)
 
 
 def _check_image(entry: ManifestImage, data: bytes) -> ImageReport:
@@ -562,11 +587,13 @@ def write_bundle(
     *,
     force: bool = False,
     partial: bool = False,
+    signing_key: Any = None,
 ) -> WrittenBundle:
     """Validate every input, then write the bundle atomically; nothing is written on error.
 
     A release has all four images; a bundle with fewer is written only when `partial`
-    says so, and its manifest records that.
+    says so, and its manifest records that. `signing_key` (an Ed25519 private key) adds
+    a signature over the manifest.
     """
     missing = [role for role in FLASH_ORDER if role not in inputs]
     if missing and not partial:
@@ -578,6 +605,7 @@ def write_bundle(
     refuse_output_over_input(output, inputs.values())
     artifacts = collect_artifacts(inputs)
     manifest = replace(build_manifest(artifacts, release), partial=bool(missing))
-    archive = bundle_bytes(manifest, artifacts)
+    signature = sign(manifest.to_json(), signing_key) if signing_key is not None else None
+    archive = bundle_bytes(manifest, artifacts, signature)
     write_atomic(output, archive, force=force)
-    return WrittenBundle(manifest, len(archive), hashlib.sha256(archive).hexdigest())
+    return WrittenBundle(manifest, len(archive), hashlib.sha256(archive).hexdigest(), signature)

@@ -109,7 +109,7 @@ def check_output(path: Path, *, force: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
+def atomic_output(path: Path, *, force: bool = False, mode: int = 0o644) -> Iterator[BinaryIO]:
     """A stream whose bytes appear at `path` only when the block ends without error.
 
     They go to a temporary file in the same directory, renamed over `path` at the end;
@@ -129,7 +129,7 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -139,7 +139,7 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
         raise
 
 
-def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, *, force: bool = False, mode: int = 0o644) -> None:
     """Write `data` to `path` through `atomic_output`."""
-    with atomic_output(path, force=force) as stream:
+    with atomic_output(path, force=force, mode=mode) as stream:
         stream.write(data)

@@ -24,6 +24,7 @@ from ae3tools.cli.common import (
     parse_size,
     styled,
 )
+from ae3tools.cli.release import KeyOption
 from ae3tools.cli.target import (
     ProgressBars,
     ResetOption,
@@ -128,6 +129,7 @@ def flash(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan and the equivalent dfu-util commands."
     ),
+    key: Path | None = KeyOption,
     as_json: bool = JsonOption,
     *,
     target: Target,
@@ -141,12 +143,16 @@ def flash(
     block is read back and compared, and the camera is reset. A re-run after a failure
     writes only what is still wrong.
 
+    With `--key`, only a bundle signed by that key is flashed.
+
     Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
     """
     from ae3tools.bundle import read_bundle
     from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
+    from ae3tools.signing import trusted_key
 
-    images = select_images(read_bundle(bundle), parse_only(only))
+    trusted = trusted_key(key) if key is not None else None
+    images = select_images(read_bundle(bundle, trusted), parse_only(only))
     if dry_run:
         commands = dfu_util_commands(images, reset=reset)
         if as_json:

@@ -25,13 +25,40 @@ from ae3tools.findings import Severity
 
 if TYPE_CHECKING:
     from ae3tools.bundle import BundleReport
+    from ae3tools.signing import TrustedKey
 
 
-def report_json(report: BundleReport) -> dict[str, Any]:
+def signature_json(report: BundleReport, trusted: TrustedKey | None) -> dict[str, Any]:
+    """Whether the bundle is signed, by which key, and whether that is the --key one."""
+    signature = report.signature
+    codes = {f.code for f in report.findings}
+    return {
+        "signed": signature is not None,
+        "fingerprint": signature.fingerprint if signature else None,
+        "matches_manifest": None if signature is None else "BUNDLE_SIGNATURE_INVALID" not in codes,
+        "required_key": trusted.fingerprint if trusted else None,
+        "by_required_key": None
+        if trusted is None
+        else bool(signature and signature.public_key == trusted.public_key),
+    }
+
+
+def signature_line(report: BundleReport, trusted: TrustedKey | None) -> str:
+    state = signature_json(report, trusted)
+    if not state["signed"]:
+        return "not signed (integrity checked by sha256; provenance not)"
+    if not state["matches_manifest"]:
+        return f"signature by key {state['fingerprint']} does NOT match the manifest"
+    trust = " (the --key given)" if state["by_required_key"] else ""
+    return f"signed by key {state['fingerprint']}{trust}"
+
+
+def report_json(report: BundleReport, trusted: TrustedKey | None = None) -> dict[str, Any]:
     manifest = report.manifest
     return {
         "bundle": report.path,
         "ok": report.ok,
+        "signature": signature_json(report, trusted),
         "release": manifest.release.as_dict() if manifest else None,
         "created_by": manifest.created_by if manifest else None,
         "images": [
@@ -54,7 +81,7 @@ def report_json(report: BundleReport) -> dict[str, Any]:
     }
 
 
-def print_report(report: BundleReport) -> None:
+def print_report(report: BundleReport, trusted: TrustedKey | None = None) -> None:
     manifest = report.manifest
     release = manifest.release.as_dict() if manifest else {}
     title = " ".join([report.path, *(f"{k}={v}" for k, v in release.items())])
@@ -79,19 +106,29 @@ def print_report(report: BundleReport) -> None:
     print_findings(
         [f for f in report.all_findings if f.severity is not Severity.INFO], f"{report.path}: "
     )
+    if report.manifest is not None:
+        out.print(f"{report.path}: {signature_line(report, trusted)}")
     verdict = styled("verified", "green") if report.ok else styled("FAILED", "red")
     out.print(Text.assemble(printable(f"{report.path}: "), verdict))
 
 
-def show_bundle(path: Path, as_json: bool) -> BundleReport:
+def show_bundle(path: Path, as_json: bool, trusted: TrustedKey | None = None) -> BundleReport:
     from ae3tools.bundle import open_bundle
 
-    report = open_bundle(path)
+    report = open_bundle(path, trusted)
     if as_json:
-        emit_json(report_json(report))
+        emit_json(report_json(report, trusted))
     else:
-        print_report(report)
+        print_report(report, trusted)
     return report
+
+
+KeyOption = typer.Option(
+    None,
+    "--key",
+    metavar="PUB.pem",
+    help="Accept only a bundle signed by this Ed25519 public key (PEM).",
+)
 
 
 def _alt(role: Role) -> str:
@@ -126,15 +163,24 @@ def bundle(
     partial: bool = typer.Option(
         False, "--partial", help="Allow a bundle with fewer than the four images (recorded)."
     ),
+    sign_with: Path | None = typer.Option(
+        None,
+        "--sign",
+        metavar="KEY.pem",
+        help="Sign the manifest with this Ed25519 private key (PEM, as `openssl genpkey "
+        "-algorithm ed25519` or `ae3tools keypair` writes).",
+    ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Validate release images and write them into one verified, reproducible bundle.
 
     Every image is checked for its role first; a bundle with an error is never written.
-    Intel HEX and DFU-suffixed inputs are stored as the exact partition bytes.
+    Intel HEX and DFU-suffixed inputs are stored as the exact partition bytes. With
+    `--sign`, a detached Ed25519 signature over the manifest (which holds every image's
+    sha256) goes into the bundle; the same inputs and key still give the same bytes.
 
-    Example: ae3tools bundle --from build/ --release v4.7.0 -o ae3-v4.7.0.zip
+    Example: ae3tools bundle --from build/ --release v4.7.0 --sign release.pem -o ae3.zip
     """
     from ae3tools.bundle import (
         ReleaseInfo,
@@ -143,12 +189,16 @@ def bundle(
         resolve_build_date,
         write_bundle,
     )
+    from ae3tools.signing import load_private_key
 
+    signing_key = load_private_key(sign_with) if sign_with is not None else None
     inputs = merge_inputs(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
     )
     release = ReleaseInfo(release_version, resolve_build_date(build_date), git_revision, notes)
-    written = write_bundle(output, inputs, release, force=force, partial=partial)
+    written = write_bundle(
+        output, inputs, release, force=force, partial=partial, signing_key=signing_key
+    )
     report = open_bundle(output)  # read back what was written, through the one reader
     if as_json:
         emit_json({**report_json(report), "bundle_sha256": written.sha256, "size": written.size})
@@ -162,14 +212,47 @@ def bundle(
 @app.command()
 def verify(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle zip to check."),
+    key: Path | None = KeyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Re-check a bundle completely: manifest, members, hashes, and every image's checks.
 
     Hostile archives (path traversal, duplicates, symlinks, zip bombs, unknown versions)
-    are refused without writing anything. Exit status 0 only when all is well.
+    are refused without writing anything. A signed bundle's signature is checked and its
+    key's fingerprint shown; with `--key`, an unsigned bundle, one signed by another
+    key, or one altered after signing is refused. Exit status 0 only when all is well.
 
-    Example: ae3tools verify ae3-v4.7.0.zip --json
+    Example: ae3tools verify ae3-v4.7.0.zip --key release.pub.pem
     """
-    if not show_bundle(bundle_path, as_json).ok:
+    from ae3tools.signing import trusted_key
+
+    trusted = trusted_key(key) if key is not None else None
+    if not show_bundle(bundle_path, as_json, trusted).ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def keypair(
+    output: Path = typer.Option(
+        Path("release.pem"), "--output", "-o", help="Private key to write (mode 0600)."
+    ),
+    force: bool = ForceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Make an Ed25519 key pair for signing bundles: KEY.pem and KEY.pub.pem.
+
+    Standard PEM files (PKCS#8 and SubjectPublicKeyInfo): openssl reads them, and keys
+    from `openssl genpkey -algorithm ed25519` work with `bundle --sign` as well. Keep the
+    private key secret; hand out the .pub.pem.
+
+    Example: ae3tools keypair -o release.pem
+    """
+    from ae3tools.signing import make_key_pair
+
+    public, fingerprint = make_key_pair(output, force=force)
+    if as_json:
+        emit_json(
+            {"private_key": str(output), "public_key": str(public), "fingerprint": fingerprint}
+        )
+    else:
+        out.print(f"wrote {output} (private, keep it secret) and {public}: key {fingerprint}")
