@@ -15,16 +15,15 @@ import io
 import json
 import os
 import stat
-import struct
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ae3tools import __version__
+from ae3tools.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members, safe_name
 from ae3tools.artifact import Artifact, examine, load_artifact
 from ae3tools.board import (
     BOARD_NAME,
@@ -65,20 +64,6 @@ MAX_MANIFEST_SIZE = 1 << 20  # a manifest is a few KiB; refuse to read more than
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _MEMBER_MODE = stat.S_IFREG | 0o644
 _UNIX = 3  # ZipInfo.create_system for Unix, so external_attr carries the mode
-
-# What reading a damaged zip can raise, from zipfile and the layers under it.
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    EOFError,
-    OSError,
-    ValueError,
-    KeyError,
-    NotImplementedError,
-    RuntimeError,
-    struct.error,
-    zlib.error,
-)
 
 
 @dataclass(frozen=True)
@@ -242,14 +227,27 @@ def inputs_from_directory(directory: Path) -> dict[Role, Path]:
     return found
 
 
-def collect_artifacts(inputs: Mapping[Role, Path]) -> dict[Role, Artifact]:
+Input = Path | Artifact  # a file, or an image already examined (from a release zip)
+
+
+def collect_artifacts(inputs: Mapping[Role, Input]) -> dict[Role, Artifact]:
     """Load and validate every input as the role it is offered for."""
     unknown = set(inputs) - set(FLASH_ORDER)
     if unknown:
         raise Ae3Error(f"cannot bundle {', '.join(r.name for r in unknown)}")
     if not inputs:
         raise UsageError("no images given: name at least one of --hp, --he, --romfs0, --romfs1")
-    return {role: load_artifact(path, role) for role, path in inputs.items()}
+    return {
+        role: item if isinstance(item, Artifact) else load_artifact(item, role)
+        for role, item in inputs.items()
+    }
+
+
+def images_of(artifacts: Mapping[Role, Artifact], release: ReleaseInfo) -> list[BundleImage]:
+    """Checked artifacts as the images a flash writes, in flash order (Ae3Error naming
+    the file if any has an error): what a bundle would hold, without the zip."""
+    manifest = build_manifest(artifacts, release)
+    return [BundleImage(entry, artifacts[entry.role].data) for entry in manifest.images]
 
 
 def build_manifest(artifacts: Mapping[Role, Artifact], release: ReleaseInfo) -> Manifest:
@@ -308,11 +306,7 @@ def bundle_bytes(
 
 
 def _bad(message: str) -> NoReturn:
-    raise _Refused(message)
-
-
-class _Refused(Exception):
-    """The archive cannot be trusted at all; open_bundle turns this into a finding."""
+    raise ArchiveRefused(message)
 
 
 def is_bundle(path: Path) -> bool:
@@ -339,9 +333,9 @@ def open_bundle(path: Path, trusted: TrustedKey | None = None) -> BundleReport:
             extra = signer_findings(report.signature, trusted)
             report = replace(report, findings=(*report.findings, *extra))
         return report
-    except _Refused as exc:
+    except ArchiveRefused as exc:
         return BundleReport(str(path), None, (error("BUNDLE_REFUSED", str(exc)),), ())
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return BundleReport(
             str(path), None, (error("BUNDLE_UNREADABLE", f"not a readable zip: {reason}"),), ()
@@ -361,58 +355,18 @@ def read_bundle(path: Path, trusted: TrustedKey | None = None) -> list[BundleIma
     ]
 
 
-def _safe_name(name: str) -> bool:
-    posix = PurePosixPath(name)
-    return (
-        bool(name)
-        and "\\" not in name
-        and "\0" not in name
-        and not posix.is_absolute()
-        and ".." not in posix.parts
-        and ":" not in name
-        and len(posix.parts) == 1
-    )
-
-
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """Read at most limit + 1 bytes, whatever the headers claim (zip bombs)."""
-    if info.file_size > limit:
-        _bad(f"member {info.filename} declares {info.file_size} bytes, more than {limit}")
-    with archive.open(info) as stream:
-        data = stream.read(limit + 1)
-    if len(data) > limit:
-        _bad(f"member {info.filename} holds more than {limit} bytes")
-    return data
-
-
 def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
-    members = archive.infolist()
-    seen: set[str] = set()
-    for info in members:
-        name = info.filename
-        if not _safe_name(name):
-            _bad(f"unsafe member name {name!r} (paths, '..' and absolute names are refused)")
-        if name in seen:
-            _bad(f"member {name!r} appears twice")
-        seen.add(name)
-        # Unix file type from the mode bits; zero where the writer recorded none.
-        file_type = stat.S_IFMT(info.external_attr >> 16)
-        if info.is_dir() or file_type not in (0, stat.S_IFREG):
-            _bad(f"member {name!r} is not a regular file")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            _bad(f"member {name!r} uses unsupported compression {info.compress_type}")
-        if info.flag_bits & 0x1:
-            _bad(f"member {name!r} is encrypted")
+    seen = set(safe_members(archive, depth=1))
     if MANIFEST_NAME not in seen:
         _bad(f"no {MANIFEST_NAME}")
-    raw_manifest = _read_member(archive, archive.getinfo(MANIFEST_NAME), MAX_MANIFEST_SIZE)
+    raw_manifest = read_member(archive, archive.getinfo(MANIFEST_NAME), MAX_MANIFEST_SIZE)
     manifest = parse_manifest(raw_manifest)
     listed = {entry.file for entry in manifest.images}
     unlisted = sorted(seen - listed - {MANIFEST_NAME, SIGNATURE_NAME})
     findings = [error("BUNDLE_UNLISTED", f"member {n!r} is not in the manifest") for n in unlisted]
     signature = None
     if SIGNATURE_NAME in seen:
-        raw = _read_member(archive, archive.getinfo(SIGNATURE_NAME), MAX_SIGNATURE_SIZE)
+        raw = read_member(archive, archive.getinfo(SIGNATURE_NAME), MAX_SIGNATURE_SIZE)
         signature, problems = check_signature(raw, raw_manifest, MANIFEST_NAME)
         findings.extend(problems)
     reports = []
@@ -422,7 +376,7 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
                 ImageReport(entry, (error("BUNDLE_MISSING", "member missing", entry.file),))
             )
             continue
-        data = _read_member(archive, archive.getinfo(entry.file), entry.partition_size)
+        data = read_member(archive, archive.getinfo(entry.file), entry.partition_size)
         reports.append(_check_image(entry, data))
     return BundleReport(path, manifest, tuple(findings), tuple(reports), signature)
 
@@ -568,21 +522,23 @@ def _parse_entry(item: dict[str, Any], index: int) -> ManifestImage:
         )
     if not 0 < entry.length <= partition.size:
         _bad(f"{MANIFEST_NAME}: {where}length {entry.length} does not fit {partition.name}")
-    if not _safe_name(entry.file):
+    if not safe_name(entry.file):
         _bad(f"{MANIFEST_NAME}: {where}file {entry.file!r} is not a plain member name")
     return entry
 
 
-def merge_inputs(explicit: Mapping[Role, Path | None], from_dir: Path | None) -> dict[Role, Path]:
-    """Explicit --hp/--he/... win over files found in --from DIR."""
-    found = inputs_from_directory(from_dir) if from_dir else {}
-    found.update({role: path for role, path in explicit.items() if path is not None})
-    return found
+def merge_inputs(
+    explicit: Mapping[Role, Path | None], found: Mapping[Role, Input]
+) -> dict[Role, Input]:
+    """Explicit --hp/--he/... win over what --from found."""
+    merged = dict(found)
+    merged.update({role: path for role, path in explicit.items() if path is not None})
+    return merged
 
 
 def write_bundle(
     output: Path,
-    inputs: Mapping[Role, Path],
+    inputs: Mapping[Role, Input],
     release: ReleaseInfo,
     *,
     force: bool = False,
@@ -602,7 +558,7 @@ def write_bundle(
             f"{output}: no image given for {names}; a release has all four images "
             "(use --partial to bundle fewer on purpose)"
         )
-    refuse_output_over_input(output, inputs.values())
+    refuse_output_over_input(output, [i for i in inputs.values() if isinstance(i, Path)])
     artifacts = collect_artifacts(inputs)
     manifest = replace(build_manifest(artifacts, release), partial=bool(missing))
     signature = sign(manifest.to_json(), signing_key) if signing_key is not None else None

@@ -165,7 +165,6 @@ HOSTILE = {
         lambda b: [*entries_of(b), (symlink_member("link"), b"/etc/passwd")],
         "not a regular file",
     ),
-    "no manifest": (lambda b: entries_of(b)[1:], "no manifest.json"),
     "corrupt manifest": (
         lambda b: [(MANIFEST_NAME, b"{not json"), *entries_of(b)[1:]],
         "not valid JSON",
@@ -255,6 +254,21 @@ def test_hostile_archives_are_refused(case: str, good_bundle: Path, tmp_path: Pa
     report = json.loads(cli("verify", "--json", hostile).out)
     assert report["ok"] is False
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_a_bundle_without_its_manifest_is_only_a_release_zip(
+    good_bundle: Path, tmp_path: Path, cli
+) -> None:
+    """With no manifest.json, the zip reads as an OpenMV flat release zip: the library's
+    bundle reader refuses it, and the CLI checks its images but says their provenance is
+    unknown; --key refuses it (it cannot be signed)."""
+    stripped = rezip(tmp_path / "stripped.zip", entries_of(good_bundle)[1:])
+    with pytest.raises(Ae3Error, match="no manifest.json"):
+        read_bundle(stripped)
+    result = cli("verify", stripped)
+    assert result.code == 0 and "provenance unknown" in result.out
+    assert cli("keypair", "-o", tmp_path / "k.pem").code == 0
+    assert cli("verify", stripped, "--key", tmp_path / "k.pub.pem").code == 1
 
 
 def test_zip_bomb_is_refused_without_inflating(good_bundle: Path, tmp_path: Path) -> None:

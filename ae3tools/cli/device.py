@@ -115,7 +115,11 @@ def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
 @app.command()
 @device_command()
 def flash(
-    bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
+    bundle: Path = typer.Argument(
+        ...,
+        help="Release bundle made by `ae3tools bundle`, or an OpenMV release zip "
+        "(firmware_v5.0.0.zip, firmware_OPENMV_AE3.zip).",
+    ),
     only: str | None = OnlyOption,
     full: bool = typer.Option(
         False,
@@ -147,12 +151,22 @@ def flash(
 
     Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
     """
-    from ae3tools.bundle import read_bundle
     from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
+    from ae3tools.release_zip import images_for_flash
     from ae3tools.signing import trusted_key
 
     trusted = trusted_key(key) if key is not None else None
-    images = select_images(read_bundle(bundle, trusted), parse_only(only))
+    everything, release = images_for_flash(bundle, trusted)
+    images = select_images(everything, parse_only(only))
+    if release is not None and not as_json:
+        err.print(
+            f"{bundle}: {release.description}: images checked for their roles; provenance "
+            f"unknown (no manifest, hashes or signature; `ae3tools bundle --from {bundle}` "
+            "makes a verified bundle)",
+            soft_wrap=True,
+        )
+        for member, why in release.left_alone:
+            err.print(f"  left alone: {member}: {why}", soft_wrap=True)
     if dry_run:
         commands = dfu_util_commands(images, reset=reset)
         if as_json:
@@ -205,6 +219,7 @@ def flash(
     report = {
         "bundle": str(bundle),
         "ok": True,
+        "source": release.as_dict() if release else {"kind": "ae3tools-bundle"},
         "device": session.info.as_dict(),
         "was_running": session.rebooted.as_dict() if session.rebooted else None,
         "incremental": not full,

@@ -21,7 +21,7 @@ from ae3tools.cli.common import (
     printable,
     styled,
 )
-from ae3tools.findings import Severity
+from ae3tools.findings import Severity, errors_in
 
 if TYPE_CHECKING:
     from ae3tools.bundle import BundleReport
@@ -147,7 +147,10 @@ def bundle(
         None, "--romfs0", help=f"HP core ROMFS image ({_alt(Role.ROMFS0)})."
     ),
     from_dir: Path | None = typer.Option(
-        None, "--from", help="Build directory with OpenMV's usual file names."
+        None,
+        "--from",
+        help="Build directory with OpenMV's usual file names, or an OpenMV release zip "
+        "(firmware_v5.0.0.zip, firmware_OPENMV_AE3.zip).",
     ),
     output: Path = typer.Option(Path("bundle.zip"), "--output", "-o", help="Bundle to write."),
     release_version: str | None = typer.Option(
@@ -189,11 +192,13 @@ def bundle(
         resolve_build_date,
         write_bundle,
     )
+    from ae3tools.release_zip import inputs_from
     from ae3tools.signing import load_private_key
 
     signing_key = load_private_key(sign_with) if sign_with is not None else None
     inputs = merge_inputs(
-        {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0}, from_dir
+        {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0},
+        inputs_from(from_dir) if from_dir is not None else {},
     )
     release = ReleaseInfo(release_version, resolve_build_date(build_date), git_revision, notes)
     written = write_bundle(
@@ -224,10 +229,61 @@ def verify(
 
     Example: ae3tools verify ae3-v4.7.0.zip --key release.pub.pem
     """
+    from ae3tools.release_zip import is_release_zip
     from ae3tools.signing import trusted_key
 
     trusted = trusted_key(key) if key is not None else None
-    if not show_bundle(bundle_path, as_json, trusted).ok:
+    if is_release_zip(bundle_path):
+        show_release(bundle_path, as_json, trusted)
+    elif not show_bundle(bundle_path, as_json, trusted).ok:
+        raise typer.Exit(1)
+
+
+def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
+    """`verify` of an OpenMV release zip: its AE3 images checked for their roles, what is
+    left alone, and what cannot be verified (no manifest, hashes or signature)."""
+    from ae3tools.release_zip import read_release
+
+    release = read_release(path)
+    problems = [f for a in release.artifacts.values() for f in a.findings]
+    unsigned = trusted is not None
+    ok = not errors_in(problems) and not unsigned
+    if as_json:
+        emit_json(
+            {
+                "bundle": str(path),
+                "ok": ok,
+                "source": release.as_dict(),
+                "images": [
+                    {
+                        "role": role.value,
+                        "file": a.source,
+                        "length": len(a.data),
+                        **finding_rows(a.findings),
+                    }
+                    for role, a in release.artifacts.items()
+                ],
+                "error": "not signed: --key needs a signed bundle" if unsigned else None,
+            }
+        )
+    else:
+        out.print(f"{path}: {release.description}")
+        for role, artifact in release.artifacts.items():
+            status = "error" if errors_in(artifact.findings) else "ok"
+            out.print(f"  {role.name:<7} {artifact.source}  {len(artifact.data)} bytes  ", end="")
+            out.print(STATUS_TEXT["warning" if artifact.findings and status == "ok" else status])
+            print_findings(artifact.findings, "    ")
+        for member, why in release.left_alone:
+            out.print(f"  left alone: {member}: {why}", soft_wrap=True)
+        out.print(
+            f"{path}: images checked for their roles; provenance unknown (an OpenMV release "
+            f"zip has no manifest, hashes or signature). For a verified bundle: "
+            f"ae3tools bundle --from {path} -o bundle.zip",
+            soft_wrap=True,
+        )
+        if unsigned:
+            out.print(styled(f"{path}: not signed: --key needs a signed bundle", "red"))
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,95 @@
+"""The one zip reader for untrusted archives: bundles and OpenMV release zips.
+
+Every member is vetted before anything is read: names that could escape a directory or
+collide, duplicates, links and other non-regular files, unknown compression, encryption.
+Members are read bomb-safe: never more than the caller's limit plus one byte, whatever
+the headers claim.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+import zipfile
+import zlib
+from pathlib import PurePosixPath
+
+# What reading a damaged zip can raise, from zipfile and the layers under it.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    zlib.error,
+)
+
+
+class ArchiveRefused(Exception):
+    """The archive cannot be trusted at all (the message says why)."""
+
+
+def safe_name(name: str, depth: int = 1) -> bool:
+    """A relative name of at most `depth` parts: no '..', no absolute path, no drive or
+    backslash, no NUL."""
+    posix = PurePosixPath(name)
+    return (
+        bool(name)
+        and "\\" not in name
+        and "\0" not in name
+        and not posix.is_absolute()
+        and ".." not in posix.parts
+        and ":" not in name
+        and len(posix.parts) <= depth
+    )
+
+
+def safe_members(archive: zipfile.ZipFile, *, depth: int) -> dict[str, zipfile.ZipInfo]:
+    """The archive's regular files by name, after vetting every entry.
+
+    `depth`: how many path parts a name may have (1: plain names, as in a bundle; 2: one
+    folder, as in a tagged OpenMV release). Directory entries are skipped where folders
+    are allowed and refused where they are not. Raises ArchiveRefused.
+    """
+    found: dict[str, zipfile.ZipInfo] = {}
+    seen: set[str] = set()
+    for info in archive.infolist():
+        name = info.filename
+        if not safe_name(name.rstrip("/") if depth > 1 else name, depth):
+            raise ArchiveRefused(
+                f"unsafe member name {name!r} (paths, '..' and absolute names are refused)"
+            )
+        if name in seen:
+            raise ArchiveRefused(f"member {name!r} appears twice")
+        seen.add(name)
+        if info.is_dir() and depth > 1:
+            continue
+        # Unix file type from the mode bits; zero where the writer recorded none.
+        file_type = stat.S_IFMT(info.external_attr >> 16)
+        if info.is_dir() or file_type not in (0, stat.S_IFREG):
+            raise ArchiveRefused(f"member {name!r} is not a regular file")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ArchiveRefused(
+                f"member {name!r} uses unsupported compression {info.compress_type}"
+            )
+        if info.flag_bits & 0x1:
+            raise ArchiveRefused(f"member {name!r} is encrypted")
+        found[name] = info
+    return found
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """Read at most limit + 1 bytes, whatever the headers claim (zip bombs)."""
+    if info.file_size > limit:
+        raise ArchiveRefused(
+            f"member {info.filename} declares {info.file_size} bytes, more than {limit}"
+        )
+    with archive.open(info) as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise ArchiveRefused(f"member {info.filename} holds more than {limit} bytes")
+    return data

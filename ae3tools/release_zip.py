@@ -1,0 +1,170 @@
+"""OpenMV's own release zips as input (openmv-releases.md, cited as §N).
+
+Two layouts: a tagged release (`firmware_vX.Y.Z.zip`) holds a folder per board, the
+AE3's being `OPENMV_AE3/`, beside other boards' and the WiFi chips' folders (§1); a
+development release (`firmware_OPENMV_AE3.zip`) holds the same files flat (§1, `zip -j`).
+From the AE3's files, the four DFU images are taken and checked for their roles exactly
+as a bundle's are; the rest is named and left alone, the bootloader above all (§2, §3).
+The zip is read through the one archive reader bundles use.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ae3tools.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members
+from ae3tools.artifact import Artifact, examine
+from ae3tools.board import BOARD_NAME, FLASH_ORDER, Role, partition_for_role
+from ae3tools.bundle import (
+    MANIFEST_NAME,
+    BundleImage,
+    Input,
+    ReleaseInfo,
+    images_of,
+    inputs_from_directory,
+    read_bundle,
+)
+from ae3tools.findings import Ae3Error, UsageError
+
+# §1: folders of a tagged release that hold no board's firmware.
+WIFI_FOLDERS = frozenset({"CYW4343", "WINC1500"})
+# §1: a development release is named after its board.
+_FLAT_NAME = re.compile(r"firmware_([A-Z0-9_]+)\.zip", re.IGNORECASE)
+
+# §2, §3: the AE3 folder's other files, and why none of them goes over DFU.
+LEFT_ALONE = {
+    "bootloader.bin": "the bootloader: never written over DFU (BOOT is read-only; "
+    "it is installed with the Alif SE tools)",
+    "firmware_pad.toc": "the Alif TOC (alt 4): written only on explicit request, since "
+    "a wrong one stops the camera from booting",
+    "firmware.toc": "the unpadded TOC: not a DFU image",
+}
+LEFT_ALONE_SUFFIXES = {
+    ".elf": "debug symbols: not an image",
+    ".stamp": "build bookkeeping: not an image",
+}
+
+
+@dataclass(frozen=True)
+class ReleaseZip:
+    """The AE3's part of an OpenMV release zip."""
+
+    path: str
+    layout: str  # "tagged" or "flat"
+    folder: str  # where the AE3's files are ("" for flat)
+    artifacts: dict[Role, Artifact]
+    left_alone: tuple[tuple[str, str], ...]  # member, why it is not written
+
+    @property
+    def description(self) -> str:
+        where = f"folder {self.folder}" if self.folder else "files at the top"
+        return f"OpenMV {self.layout} release zip ({where})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "openmv-release",
+            "layout": self.layout,
+            "folder": self.folder or None,
+            "provenance": "unknown: an OpenMV release zip has no manifest, hashes or signature",
+            "images": {role.value: a.source for role, a in self.artifacts.items()},
+            "left_alone": [{"member": m, "why": why} for m, why in self.left_alone],
+        }
+
+
+def is_release_zip(path: Path) -> bool:
+    """A zip without a bundle manifest at its top (so: not an ae3tools bundle)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return MANIFEST_NAME not in archive.namelist()
+    except ZIP_ERRORS:
+        return False
+
+
+def _why_left_alone(name: str) -> str:
+    base = PurePosixPath(name).name
+    if base in LEFT_ALONE:
+        return LEFT_ALONE[base]
+    for suffix, why in LEFT_ALONE_SUFFIXES.items():
+        if base.endswith(suffix):
+            return why
+    return "not an AE3 image"
+
+
+def read_release(path: Path) -> ReleaseZip:
+    """The AE3 images in an OpenMV release zip, each examined for its role.
+
+    UsageError for a missing file; Ae3Error for a zip that is hostile, for another
+    board, or holds no AE3 image.
+    """
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _read(path, archive)
+    except ArchiveRefused as exc:
+        raise Ae3Error(f"{path}: {exc}") from None
+    except ZIP_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Ae3Error(f"{path}: not a readable zip: {reason}") from None
+
+
+def _read(path: Path, archive: zipfile.ZipFile) -> ReleaseZip:
+    members = safe_members(archive, depth=2)
+    folders = {name.split("/")[0] for name in members if "/" in name}
+    flat_board = _FLAT_NAME.fullmatch(path.name)
+    if BOARD_NAME in folders:
+        layout, folder = "tagged", BOARD_NAME
+    elif flat_board and flat_board.group(1).upper() != BOARD_NAME:
+        raise Ae3Error(f"{path}: a release for {flat_board.group(1)}, not the AE3 ({BOARD_NAME})")
+    elif folders - WIFI_FOLDERS:
+        boards = ", ".join(sorted(folders - WIFI_FOLDERS))
+        raise Ae3Error(f"{path}: a release for {boards}, with no {BOARD_NAME} folder")
+    else:
+        layout, folder = "flat", ""
+    prefix = f"{folder}/" if folder else ""
+    own = {name[len(prefix) :]: info for name, info in members.items() if name.startswith(prefix)}
+    own = {name: info for name, info in own.items() if "/" not in name}
+    artifacts = {}
+    for role in FLASH_ORDER:
+        partition = partition_for_role(role)
+        name = str(partition.image_name)
+        if name in own:
+            # One byte past the partition: enough for the size check to say it does not fit.
+            data = read_member(archive, own.pop(name), partition.size + 1)
+            artifacts[role] = examine(data, source=f"{path}:{prefix}{name}", role=role)
+    if not artifacts:
+        names = ", ".join(str(partition_for_role(r).image_name) for r in FLASH_ORDER)
+        raise Ae3Error(f"{path}: holds none of the AE3 images ({names})")
+    left = [(f"{prefix}{name}", _why_left_alone(name)) for name in sorted(own)]
+    left += [(f"{other}/", "another board's or a WiFi chip's files") for other in sorted(folders)
+             if other != folder]  # fmt: skip
+    return ReleaseZip(str(path), layout, folder, artifacts, tuple(left))
+
+
+def images_for_flash(
+    path: Path, trusted: Any = None
+) -> tuple[list[BundleImage], ReleaseZip | None]:
+    """What `flash` writes from `path`: a bundle's verified images, or an OpenMV release
+    zip's images checked for their roles (then the release too, to say what was left
+    alone and that its provenance is unknown)."""
+    if not is_release_zip(path):
+        return read_bundle(path, trusted), None
+    if trusted is not None:
+        raise Ae3Error(
+            f"{path}: an OpenMV release zip is not signed, and --key accepts only a bundle "
+            "signed by that key",
+            hint=f"Make a signed bundle from it: ae3tools bundle --from {path} --sign KEY.pem",
+        )
+    release = read_release(path)
+    return images_of(release.artifacts, ReleaseInfo(notes=f"from {path.name}")), release
+
+
+def inputs_from(source: Path) -> dict[Role, Input]:
+    """`bundle --from`: a build directory, or an OpenMV release zip."""
+    if source.is_file():
+        return dict(read_release(source).artifacts)
+    return dict(inputs_from_directory(source))

@@ -1,0 +1,208 @@
+"""OpenMV release zips as input: both layouts, made the way OpenMV's CI makes them
+(Info-ZIP `zip -r` of a folder per board, `zip -r -j` for a development build), another
+board's zip, and the hostile-archive defences of the one archive reader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ae3tools.board import Role, partition_for_role
+from ae3tools.bundle import read_bundle
+from ae3tools.dfu.virtual import partition_image
+from tests.conftest import FIXTURES
+
+GOOD = FIXTURES / "good"
+IMAGES = ["firmware_M55_HP.bin", "firmware_M55_HE.bin", "romfs1.img", "romfs0.img"]
+ZIP = shutil.which("zip")
+
+
+@pytest.fixture(autouse=True)
+def zero_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AE3TOOLS_VIRTUAL_TIMING", "zero")
+    monkeypatch.delenv("AE3TOOLS_VIRTUAL_FAULTS", raising=False)
+
+
+def board_folder(root: Path, name: str = "OPENMV_AE3") -> Path:
+    """The build's bin directory as CI moves it (openmv-releases.md §1, §2)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    for image in IMAGES:
+        shutil.copy(GOOD / image, folder / image)
+    (folder / "bootloader.bin").write_bytes(bytes(range(256)) * 64)
+    (folder / "bootloader.elf").write_bytes(b"\x7fELF")
+    (folder / "firmware_M55_HP.elf").write_bytes(b"\x7fELF")
+    (folder / "firmware.toc").write_bytes(b"TOC" * 10)
+    (folder / "firmware_pad.toc").write_bytes(bytes(8192 - 30) + b"TOC" * 10)
+    (folder / "romfs0.stamp").touch()
+    return folder
+
+
+def make_zip(source: Path, out: Path, *, flat: bool) -> Path:
+    """`zip -r ../firmware_vX.zip *` or `zip -r -j firmware_T.zip T` (§1)."""
+    if ZIP is not None:
+        if flat:
+            subprocess.run([ZIP, "-q", "-r", "-j", str(out), str(source)], check=True)
+        else:
+            names = sorted(p.name for p in source.iterdir())
+            subprocess.run([ZIP, "-q", "-r", str(out), *names], check=True, cwd=source)
+        return out
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(source.rglob("*")):
+            arcname = path.name if flat else str(path.relative_to(source))
+            if path.is_dir() and not flat:
+                archive.write(path, arcname + "/")
+            elif path.is_file():
+                archive.write(path, arcname)
+    return out
+
+
+@pytest.fixture
+def tagged(tmp_path: Path) -> Path:
+    firmware = tmp_path / "firmware"
+    board_folder(firmware)
+    (firmware / "OPENMV4").mkdir()
+    (firmware / "OPENMV4" / "firmware.bin").write_bytes(b"another board")
+    (firmware / "CYW4343").mkdir()
+    (firmware / "CYW4343" / "cyw4343_7_45_98_102.bin").write_bytes(b"wifi")
+    return make_zip(firmware, tmp_path / "firmware_v5.0.0.zip", flat=False)
+
+
+@pytest.fixture
+def flat(tmp_path: Path) -> Path:
+    folder = board_folder(tmp_path / "dev")
+    return make_zip(folder, tmp_path / "firmware_OPENMV_AE3.zip", flat=True)
+
+
+def assert_camera_holds_the_fixtures(camera: Path) -> None:
+    for name in IMAGES:
+        role = next(r for r in Role if partition_for_role(r).image_name == name)
+        data = (GOOD / name).read_bytes()
+        assert partition_image(camera, role).read_bytes()[: len(data)] == data
+
+
+@pytest.mark.parametrize("layout", ["tagged", "flat"])
+def test_flash_a_release_zip_directly(cli, request, tmp_path: Path, layout: str) -> None:
+    release: Path = request.getfixturevalue(layout)
+    camera = tmp_path / "cam"
+    result = cli("flash", release, "--virtual", camera, "--virtual-mode", "app", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    source = report["source"]
+    assert source["kind"] == "openmv-release" and source["layout"] == layout
+    assert "unknown" in source["provenance"]
+    left = {item["member"].split("/")[-1] or item["member"] for item in source["left_alone"]}
+    assert {"bootloader.bin", "firmware_pad.toc", "bootloader.elf", "romfs0.stamp"} <= left
+    assert [i["role"] for i in report["images"]] == ["hp", "he", "romfs1", "romfs0"]
+    assert_camera_holds_the_fixtures(camera)
+
+
+def test_the_text_output_says_what_was_and_was_not_verified(cli, tagged: Path, tmp_path) -> None:
+    result = cli("flash", tagged, "--virtual", tmp_path / "cam")
+    assert result.code == 0, result.err
+    assert "provenance unknown" in result.err and f"bundle --from {tagged}" in result.err
+    assert "left alone: OPENMV_AE3/bootloader.bin: the bootloader: never written" in result.err
+    plan = cli("flash", tagged, "--dry-run").out
+    assert "-a 0" not in plan and "-a 4" not in plan  # neither BOOT nor the TOC
+
+
+def test_verify_and_bundle_from_a_release_zip(cli, tagged: Path, tmp_path: Path) -> None:
+    checked = cli("verify", tagged, "--json")
+    assert checked.code == 0, checked.err
+    assert json.loads(checked.out)["source"]["folder"] == "OPENMV_AE3"
+    bundle = tmp_path / "bundle.zip"
+    made = cli("bundle", "--from", tagged, "-o", bundle, "--release", "v5.0.0")
+    assert made.code == 0, made.err
+    images = {image.role: image.data for image in read_bundle(bundle)}
+    assert images[Role.HP] == (GOOD / "firmware_M55_HP.bin").read_bytes()
+    assert set(images) == {Role.HP, Role.HE, Role.ROMFS1, Role.ROMFS0}
+
+
+def test_a_release_for_another_board_is_refused(cli, tmp_path: Path) -> None:
+    firmware = tmp_path / "firmware"
+    (firmware / "OPENMV4").mkdir(parents=True)
+    (firmware / "OPENMV4" / "firmware.bin").write_bytes(b"x")
+    (firmware / "WINC1500").mkdir()
+    (firmware / "WINC1500" / "winc.bin").write_bytes(b"y")
+    other = make_zip(firmware, tmp_path / "firmware_v4.8.1.zip", flat=False)
+    camera = tmp_path / "cam"
+    result = cli("flash", other, "--virtual", camera)
+    assert result.code == 1 and "a release for OPENMV4, with no OPENMV_AE3 folder" in result.err
+    dev = make_zip(firmware / "OPENMV4", tmp_path / "firmware_OPENMV4.zip", flat=True)
+    result = cli("flash", dev, "--virtual", camera)
+    assert result.code == 1 and "a release for OPENMV4, not the AE3" in result.err
+    assert not camera.exists()
+
+
+def test_an_image_with_an_error_stops_everything(cli, tmp_path: Path) -> None:
+    folder = board_folder(tmp_path / "dev")
+    shutil.copy(GOOD / "firmware_M55_HE.bin", folder / "firmware_M55_HP.bin")  # HE as HP
+    release = make_zip(folder, tmp_path / "firmware_OPENMV_AE3.zip", flat=True)
+    camera = tmp_path / "cam"
+    result = cli("flash", release, "--virtual", camera)
+    assert result.code == 1 and "firmware_M55_HP.bin" in result.err and not camera.exists()
+    assert cli("verify", release).code == 1
+
+
+def test_key_refuses_a_release_zip(cli, tagged: Path, tmp_path: Path) -> None:
+    assert cli("keypair", "-o", tmp_path / "k.pem").code == 0
+    result = cli("flash", tagged, "--key", tmp_path / "k.pub.pem", "--dry-run")
+    assert result.code == 1 and "not signed" in result.err and "--sign" in result.err
+
+
+def _hostile(tmp_path: Path, name: str, build) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        build(archive)
+    return path
+
+
+def _symlink(archive: zipfile.ZipFile) -> None:
+    info = zipfile.ZipInfo("OPENMV_AE3/firmware_M55_HP.bin")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    archive.writestr(info, "/etc/passwd")
+
+
+def _duplicate(archive: zipfile.ZipFile) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns, and writes it all the same
+        archive.writestr("OPENMV_AE3/romfs1.img", b"x")
+        archive.writestr("OPENMV_AE3/romfs1.img", b"y")
+
+
+def _bomb(archive: zipfile.ZipFile) -> None:
+    archive.writestr(
+        zipfile.ZipInfo("OPENMV_AE3/romfs1.img"), b"\0" * (2 << 20), zipfile.ZIP_DEFLATED
+    )
+
+
+HOSTILE = {
+    "traversal": (
+        lambda a: a.writestr("OPENMV_AE3/../../evil.bin", b"x"),
+        "unsafe member name",
+    ),
+    "absolute": (lambda a: a.writestr("/OPENMV_AE3/romfs0.img", b"x"), "unsafe member name"),
+    "deep": (lambda a: a.writestr("OPENMV_AE3/sub/romfs0.img", b"x"), "unsafe member name"),
+    "symlink": (_symlink, "is not a regular file"),
+    "duplicate": (_duplicate, "appears twice"),
+    "bomb": (_bomb, "more than 1048577"),  # ROMFS1's partition plus one byte
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_release_zips_are_refused(cli, tmp_path: Path, case: str) -> None:
+    build, words = HOSTILE[case]
+    path = _hostile(tmp_path, "firmware_v9.9.9.zip", build)
+    camera = tmp_path / "cam"
+    for command in (("flash", path, "--virtual", camera), ("verify", path)):
+        result = cli(*command)
+        assert result.code == 1 and words in result.err, (case, result.err)
+    assert not camera.exists()
+    assert not (tmp_path / "evil.bin").exists()
