@@ -24,7 +24,7 @@ from ae3tools.board import (
 from ae3tools.dfu_suffix import has_suffix, split_suffix
 from ae3tools.fileio import read_input
 from ae3tools.findings import Ae3Error, Finding, error, errors_in, warning, warnings_in
-from ae3tools.firmware import check_firmware, core_of
+from ae3tools.firmware import FirmwareIdentity, check_firmware, core_of, firmware_identity
 from ae3tools.intel_hex import looks_like_hex, parse_hex
 from ae3tools.key import check_key, looks_like_key
 from ae3tools.romfs import RomfsImage, is_romfs, parse_romfs
@@ -79,10 +79,16 @@ class Artifact:
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
+    @cached_property
+    def identity(self) -> FirmwareIdentity | None:
+        """A firmware image's embedded OpenMV, MicroPython and board names, if any."""
+        return firmware_identity(self.data) if self.kind == "firmware" else None
+
     @property
     def description(self) -> str:
         if self.kind == "firmware" and self.role:
-            return f"{self.role.name} firmware"
+            shown = f" ({self.identity.describe()})" if self.identity else ""
+            return f"{self.role.name} firmware{shown}"
         if self.kind == "romfs":
             return f"ROMFS ({self.role.name})" if self.role else "ROMFS (ROMFS0 or ROMFS1)"
         if self.kind == "key":

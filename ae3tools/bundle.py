@@ -45,6 +45,7 @@ from ae3tools.findings import (
     warning,
     warnings_in,
 )
+from ae3tools.firmware import build_mismatch
 from ae3tools.signing import (
     MAX_SIGNATURE_SIZE,
     SIGNATURE_NAME,
@@ -378,6 +379,8 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
             continue
         data = read_member(archive, archive.getinfo(entry.file), entry.partition_size)
         reports.append(_check_image(entry, data))
+    firmware = {r.entry.role: r.data for r in reports if r.data is not None}
+    findings.extend(build_mismatch(firmware))
     return BundleReport(path, manifest, tuple(findings), tuple(reports), signature)
 
 

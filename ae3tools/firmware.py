@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ae3tools.board import (
@@ -123,3 +125,64 @@ def _check_vectors(
             )
         )
     return findings
+
+
+# openmv-protocol.md §6.1: the REPL banner is compiled in as string literals:
+# MICROPY_BANNER_NAME_AND_VERSION, "OpenMV <git tag>; MicroPython <git tag>", and
+# MICROPY_BANNER_MACHINE, "<board name> with <MCU name>" ("OpenMV-AE3 with AE302F80F55D5AE").
+# Each part is bounded, so a crafted image costs one linear scan.
+_BANNER = re.compile(rb"OpenMV (v?[0-9][!-~]{0,40}?); MicroPython (v?[0-9][!-:<-~]{0,40})")
+_MACHINE = re.compile(rb"(OpenMV-[A-Za-z0-9_-]{1,32}) with ([A-Z0-9]{4,32})")
+
+
+@dataclass(frozen=True)
+class FirmwareIdentity:
+    """What a firmware image says it is, from the version strings the build embeds."""
+
+    openmv: str | None
+    micropython: str | None
+    board: str | None
+
+    def describe(self) -> str:
+        parts = [
+            f"OpenMV {self.openmv}" if self.openmv else "",
+            f"MicroPython {self.micropython}" if self.micropython else "",
+            f"board {self.board}" if self.board else "",
+        ]
+        return ", ".join(part for part in parts if part)
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"openmv": self.openmv, "micropython": self.micropython, "board": self.board}
+
+
+def firmware_identity(data: bytes) -> FirmwareIdentity | None:
+    """The OpenMV and MicroPython versions and the board name in a firmware image, where
+    the build embedded them; None when none of them is there."""
+    banner = _BANNER.search(data)
+    machine = _MACHINE.search(data)
+    if banner is None and machine is None:
+        return None
+    return FirmwareIdentity(
+        banner.group(1).decode() if banner else None,
+        banner.group(2).decode() if banner else None,
+        machine.group(1).decode() if machine else None,
+    )
+
+
+def build_mismatch(images: Mapping[Role, bytes]) -> list[Finding]:
+    """A warning when the HP and HE images say they come from different builds."""
+    hp, he = (images.get(role) for role in FIRMWARE_ROLES)
+    if hp is None or he is None:
+        return []
+    hp_id, he_id = firmware_identity(hp), firmware_identity(he)
+    if hp_id is None or he_id is None:
+        return []
+    if (hp_id.openmv, hp_id.micropython) == (he_id.openmv, he_id.micropython):
+        return []
+    return [
+        warning(
+            "FW_BUILD_MISMATCH",
+            f"HP and HE come from different builds (HP: {hp_id.describe()}; HE: "
+            f"{he_id.describe()}); the cores expect one build",
+        )
+    ]

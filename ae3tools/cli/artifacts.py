@@ -328,6 +328,7 @@ def artifact_json(artifact: Artifact) -> dict[str, Any]:
         "kind": artifact.kind,
         "role": artifact.role.value if artifact.role else None,
         "description": artifact.description,
+        "identity": artifact.identity.as_dict() if artifact.identity else None,
         "alt": partition.alt if partition else None,
         "partition": partition.name if partition else None,
         "container": artifact.container,
