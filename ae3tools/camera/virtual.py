@@ -57,7 +57,7 @@ from ae3tools.dfu.virtual import (
     precise_sleep,
     string_descriptor,
 )
-from ae3tools.identity import application_serial
+from ae3tools.identity import NO_SERIAL_APPLICATION, application_serial
 
 if TYPE_CHECKING:
     from ae3tools.dfu.virtual_backend import VirtualBackend
@@ -292,7 +292,7 @@ class VirtualCamera:
         self.faults = list(faults)
         self.app_faults = frozenset(app_faults)
         self.bootloader_serial = serial
-        self.serial = application_serial(serial) or "0" * 16
+        self.serial = application_serial(serial) or NO_SERIAL_APPLICATION
         self.port_number = port
         self.clock, self.sleep = clock, sleep
         self.lock = threading.RLock()
