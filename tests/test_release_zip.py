@@ -125,6 +125,13 @@ def test_verify_and_bundle_from_a_release_zip(cli, tagged: Path, tmp_path: Path)
     assert set(images) == {Role.HP, Role.HE, Role.ROMFS1, Role.ROMFS0}
 
 
+def test_inspect_a_release_zip(cli, flat: Path) -> None:
+    result = cli("inspect", flat, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["source"]["layout"] == "flat" and len(report["images"]) == 4
+
+
 def test_a_release_for_another_board_is_refused(cli, tmp_path: Path) -> None:
     firmware = tmp_path / "firmware"
     (firmware / "OPENMV4").mkdir(parents=True)

@@ -363,10 +363,18 @@ def inspect(
     missing = [p for p in files if not p.exists()]
     if missing:
         raise UsageError(f"{missing[0]}: no such file")
-    # A bundle gets the report `verify` gives; every other file a row of the table.
+    # A bundle gets the report `verify` gives, an OpenMV release zip the release report;
+    # every other file a row of the table.
     from ae3tools.bundle import is_bundle, open_bundle
-    from ae3tools.cli.release import print_report, report_json
+    from ae3tools.cli.release import print_report, report_json, show_release
+    from ae3tools.release_zip import is_release_zip
 
+    releases = [p for p in files if is_bundle(p) and is_release_zip(p)]
+    if releases:
+        if len(files) > 1:
+            raise UsageError(f"{releases[0]}: inspect an OpenMV release zip on its own")
+        show_release(releases[0], as_json, None)
+        return
     bundles = [p for p in files if is_bundle(p)]
     files = [p for p in files if p not in bundles]
     reports = [open_bundle(p) for p in bundles]
