@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 _BOOTLOADER_SERIAL = re.compile(r"[0-9A-Fa-f]{24}")
-_APPLICATION_SERIAL = re.compile(r"[0-9a-fA-F]{16}")
 NO_SERIAL_BOOTLOADER = "0" * 24  # the SE call failed (ae3-bootloader.md §1.3)
 NO_SERIAL_APPLICATION = "0" * 16
 
@@ -40,10 +39,6 @@ def application_serial(bootloader_serial: str) -> str | None:
         ]
     )
     return eui.hex() + "000000"
-
-
-def is_application_serial(text: str) -> bool:
-    return bool(_APPLICATION_SERIAL.fullmatch(text))
 
 
 def same_camera(bootloader_serial: str | None, serial: str) -> bool:

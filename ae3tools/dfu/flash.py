@@ -13,10 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from ae3tools.board import (
     BOOTLOADER_PID,
-    PARTITIONS,
     RWFS_ERASE_PAYLOAD_SIZE,
     USB_VID,
-    Memory,
     Partition,
     Role,
     partition_by_name,
@@ -136,11 +134,6 @@ def check_images(
 ) -> list[ImageComparison]:
     """Compare each image with the camera, writing nothing."""
     return [compare_image(session, image, observer=observer) for image in images]
-
-
-def readable_partitions() -> list[Partition]:
-    """What `read` can dump: every partition but RECOVERY, whose upload fails (§6)."""
-    return [p for p in PARTITIONS if p.memory is not Memory.RECOVERY]
 
 
 def read_romfs_image(

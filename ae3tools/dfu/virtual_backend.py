@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import array
 import errno
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -24,14 +22,9 @@ from ae3tools.dfu.virtual import (
     CameraInUse,
     DeviceMemory,
     DeviceTimeout,
-    Fault,
     NoDevice,
     Setup,
-    SimulatedClock,
     Stall,
-    Timing,
-    VirtualAE3,
-    precise_sleep,
 )
 
 # libusb's codes, as pyusb's libusb1 backend reports them (libusb.h).
@@ -319,28 +312,3 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             raise usb.core.USBTimeoutError(
                 "Operation timed out", LIBUSB_ERROR_TIMEOUT, errno.ETIMEDOUT
             ) from None
-
-
-def virtual_backend(
-    directory: Path | None,
-    *,
-    timing: Timing | None = None,
-    faults: Iterable[Fault] = (),
-    plug_delay: float = 0.0,
-    forced: bool = False,
-    clock: SimulatedClock | None = None,
-) -> VirtualBackend:
-    """A bus with one virtual AE3, plugged in now (or after `plug_delay` seconds).
-
-    `clock`: run the device on simulated time (benchmarks) instead of sleeping.
-    """
-    device = VirtualAE3(
-        DeviceMemory(directory),
-        timing,
-        faults,
-        plug_delay=plug_delay,
-        forced=forced,
-        clock=clock or time.monotonic,
-        sleep=clock.sleep if clock else precise_sleep,
-    )
-    return VirtualBackend([device])
