@@ -29,6 +29,7 @@ from ae3tools.bundle import (
     read_bundle,
 )
 from ae3tools.findings import Ae3Error, UsageError
+from ae3tools.signing import TrustedKey
 
 # §1: folders of a tagged release that hold no board's firmware.
 WIFI_FOLDERS = frozenset({"CYW4343", "WINC1500"})
@@ -146,7 +147,7 @@ def _read(path: Path, archive: zipfile.ZipFile) -> ReleaseZip:
 
 
 def images_for_flash(
-    path: Path, trusted: Any = None
+    path: Path, trusted: TrustedKey | None = None
 ) -> tuple[list[BundleImage], ReleaseZip | None]:
     """What `flash` writes from `path`: a bundle's verified images, or an OpenMV release
     zip's images checked for their roles (then the release too, to say what was left

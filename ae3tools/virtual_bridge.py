@@ -40,8 +40,6 @@ from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E4
 from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID  # noqa: E402
 from ae3tools.camera.application import FIRMWARES, split_faults  # noqa: E402
 from ae3tools.camera.virtual import (  # noqa: E402
-    APP_CONFIGURATION_DESCRIPTOR,
-    APP_DEVICE_DESCRIPTOR,
     BOOTLOADER_MODE,
     VIRTUAL_MODES,
     AppUsbDevice,
@@ -129,7 +127,7 @@ class BusMirror:
         self.ttys += 1
         tty = f"{INTERFACE}/tty/{name}"
         self._add(
-            _AppDescriptors,
+            AppUsbDevice,  # its descriptors are class attributes
             {
                 "idVendor": f"{USB_VID:04x}",
                 "idProduct": f"{APPLICATION_PID:04x}",
@@ -187,7 +185,7 @@ class BusMirror:
         """Make the testbed show `attached` (None: nothing on the port). A running
         camera's records are added by `serve_application`, when its port is made."""
         if attached is self.shown or (
-            isinstance(attached, AppUsbDevice) and self.shown is _AppDescriptors
+            isinstance(attached, AppUsbDevice) and self.shown is AppUsbDevice
         ):
             self.gone_since = None
             return
@@ -201,13 +199,6 @@ class BusMirror:
             self.gone_since = None
         if isinstance(attached, VirtualAE3):
             self.show_bootloader(attached)
-
-
-class _AppDescriptors:
-    """What the testbed shows of a running camera (its sysfs `descriptors`)."""
-
-    device_descriptor = APP_DEVICE_DESCRIPTOR
-    configuration_descriptor = APP_CONFIGURATION_DESCRIPTOR
 
 
 def _mirror(slot: Any, mirror: BusMirror, stop: threading.Event) -> None:

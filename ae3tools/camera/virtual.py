@@ -96,10 +96,9 @@ class AppUsbDevice:
     device_descriptor = APP_DEVICE_DESCRIPTOR
     configuration_descriptor = APP_CONFIGURATION_DESCRIPTOR
 
-    def __init__(self, camera: VirtualCamera, serial: str) -> None:
+    def __init__(self, camera: VirtualCamera) -> None:
         self.camera = camera
         self.memory = camera.memory
-        self.serial = serial
         self.configuration = 1
         self.left = False
 
@@ -117,7 +116,7 @@ class AppUsbDevice:
             if kind == DescriptorType.CONFIGURATION:
                 return self.configuration_descriptor[: setup.length]
             if kind == DescriptorType.STRING:
-                strings = [*APP_STRINGS, self.serial, *APP_INTERFACE_STRINGS]
+                strings = [*APP_STRINGS, self.camera.serial, *APP_INTERFACE_STRINGS]
                 if index == 0:
                     return bytes([4, DescriptorType.STRING, 0x09, 0x04])[: setup.length]
                 if index < len(strings):
@@ -314,13 +313,15 @@ class VirtualCamera:
         self.app = VirtualApplication(
             self.firmware,
             serial=self.serial,
-            # §3.10: a header-less bootloader is reported as the firmware's own 1.0.3.
-            reported_bootloader=self.release.version if self.release.boot_header else (1, 0, 3),
+            # §3.10: a header-less bootloader is reported as the firmware's own, 1.0.3.
+            reported_bootloader=(
+                self.release if self.release.boot_header else LATEST_BOOTLOADER
+            ).version,
             arch_id=self.serial.upper() + "0" * 8,
             faults=self.app_faults,
             clock=self.clock,
         )
-        self.app_usb = AppUsbDevice(self, self.serial)
+        self.app_usb = AppUsbDevice(self)
         self.pty = self.serve_port(self.app, self._application_reset)
         self.history.append(f"application {self.firmware.version} on {self.pty.path}")
 

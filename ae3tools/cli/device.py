@@ -36,6 +36,7 @@ from ae3tools.cli.target import (
     session_for,
     shut,
 )
+from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.fileio import atomic_output, check_output, read_input
 from ae3tools.findings import DeviceError, UsageError
 from ae3tools.key import make_key_file
@@ -45,8 +46,7 @@ if TYPE_CHECKING:
 
     from ae3tools.dfu.builder import ImageComparison, ImageResult
 
-# spec §7: recovery runs four chip erases inside one GETSTATUS; give it minutes, not 5 s.
-RECOVERY_TIMEOUT = 300.0
+RECOVERY_TIMEOUT = RECOVERY_TIMEOUT_MS / 1000  # seconds (spec §7: four chip erases)
 
 OnlyOption = typer.Option(None, "--only", help="Only these images: hp,he,romfs1,romfs0.")
 

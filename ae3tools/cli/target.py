@@ -20,7 +20,7 @@ import typer
 
 from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID
 from ae3tools.cli.common import err
-from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
+from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS, LATEST_BOOTLOADER
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ VirtualModeOption = typer.Option(
     "'app-4.7' (v4.7.0, usbdbg).",
 )
 VirtualBootloaderOption = typer.Option(
-    "1.0.3",
+    LATEST_BOOTLOADER.name,
     "--virtual-bootloader",
     envvar="AE3TOOLS_VIRTUAL_BOOTLOADER",
     metavar="VERSION",
@@ -187,7 +187,7 @@ class Target:
     timeout: float = DEFAULT_TIMEOUT  # seconds, per control transfer
     port: str | None = None
     mode: str = "bootloader"
-    bootloader: str = "1.0.3"
+    bootloader: str = LATEST_BOOTLOADER.name
 
     @property
     def timeout_ms(self) -> int:

@@ -30,12 +30,10 @@ from ae3tools.dfu.builder import (
     write_image,
 )
 from ae3tools.dfu.host import DfuSession
+from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.findings import DeviceError, UsageError, errors_in
 from ae3tools.key import check_key
 from ae3tools.romfs import is_romfs, romfs_extent
-
-# spec §7: recovery runs four chip erases inside one GETSTATUS; give it minutes, not 5 s.
-RECOVERY_TIMEOUT_MS = 300_000
 
 
 class FlashFailed(DeviceError):
@@ -142,23 +140,22 @@ def read_romfs_image(
     """The ROMFS image in `partition`, and no more: its header says how long it is, so
     a small image in the 24 MiB ROMFS0 costs a few blocks, not the whole partition."""
     observer = observer or Silent()
-    session.begin(partition)
-    first = session.read_block(partition, 0)
+    blocks = session.read_blocks(partition, partition.size)  # read only as far as needed
+    first = next(blocks)
     extent = romfs_extent(first)
     if extent is None:  # not a ROMFS (one block tells the parser so), or a huge header
         length = partition.size if is_romfs(first) else len(first)
     else:
         length = min(extent, partition.size)
+    data = bytearray(first)
     observer.begin(f"read {partition.name}", length)
     try:
-        chunks = [first[:length]]
-        if length > len(first):
-            chunks.extend(
-                session.read_blocks(partition, length, progress=observer.advance, start=1)
-            )
+        while len(data) < length:
+            data += next(blocks)
+            observer.advance(min(len(data), length))
     finally:
         observer.end()
-    return b"".join(chunks)
+    return bytes(data[:length])
 
 
 def load_recovery_key(data: bytes, source: str) -> bytes:

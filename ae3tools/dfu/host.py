@@ -310,8 +310,9 @@ class DfuSession:
         )
         self._alt = alt
 
-    def _start(self, partition: Partition) -> None:
-        """§9 step 4: select the alt; leave ERROR or any other non-IDLE state."""
+    def begin(self, partition: Partition) -> None:
+        """Start work on one partition, §9 step 4: select the alt; leave ERROR or any
+        other non-IDLE state."""
         self.set_alt(partition.alt)
         status = self.get_status(f"{partition.name} (alt {partition.alt})")
         if status.state is State.ERROR:
@@ -336,10 +337,6 @@ class DfuSession:
             if status.poll_timeout_ms:
                 time.sleep(status.poll_timeout_ms / 1000)
         raise DeviceError(f"{where}: the bootloader stayed busy through {MAX_POLLS} polls")
-
-    def begin(self, partition: Partition) -> None:
-        """Start work on one partition: §9 step 4.1-4.2 (select the alt, leave ERROR)."""
-        self._start(partition)
 
     def write_block(
         self,
@@ -381,7 +378,7 @@ class DfuSession:
         timeout_ms: int | None = None,
     ) -> None:
         """Write `data` at the start of `partition`, every block, then the manifest."""
-        self._start(partition)
+        self.begin(partition)
         view = memoryview(data)
         offsets = range(0, len(data), DFU_BLOCK_SIZE)
         for block, offset in enumerate(offsets):
@@ -399,27 +396,16 @@ class DfuSession:
             raise DeviceError(f"{where}: expected IDLE, the bootloader is in {status.state.name}")
 
     def read_blocks(
-        self,
-        partition: Partition,
-        length: int,
-        *,
-        progress: Progress | None = None,
-        start: int = 0,
+        self, partition: Partition, length: int, *, progress: Progress | None = None
     ) -> Iterator[bytes]:
-        """The first `length` bytes of `partition` from block `start` on, block by block
-        (§6); the last block is cut to `length`."""
-        self._start(partition)
-        for offset in range(start * DFU_BLOCK_SIZE, length, DFU_BLOCK_SIZE):
+        """The first `length` bytes of `partition`, block by block (§6); the last block
+        is cut to `length`."""
+        self.begin(partition)
+        for offset in range(0, length, DFU_BLOCK_SIZE):
             chunk = self.read_block(partition, offset // DFU_BLOCK_SIZE)
             yield chunk[: length - offset]
             if progress:
                 progress(min(offset + DFU_BLOCK_SIZE, length))
-
-    def upload(
-        self, partition: Partition, length: int, *, progress: Progress | None = None
-    ) -> bytes:
-        """Read the first `length` bytes of `partition` (§6)."""
-        return b"".join(self.read_blocks(partition, length, progress=progress))
 
     # ---------------------------------------------------------------- ending
 

@@ -11,6 +11,8 @@ from enum import IntEnum
 
 # A host's control transfer timeout: dfu-util's default (spec §7 mentions it).
 DEFAULT_TIMEOUT_MS = 5000
+# spec §7: recovery runs four chip erases inside one GETSTATUS; give it minutes, not 5 s.
+RECOVERY_TIMEOUT_MS = 300_000
 
 # spec §3: class requests use interface recipient; bmRequestType 0x21 (OUT) or 0xA1 (IN).
 REQUEST_OUT = 0x21
