@@ -23,7 +23,7 @@ from ae3tools.dfu.host import (
     find_bootloaders,
     libusb_backend,
 )
-from ae3tools.dfu.virtual import DEFAULT_SERIAL, DeviceMemory, VirtualAE3, partition_image
+from ae3tools.dfu.virtual import DeviceMemory, VirtualAE3, partition_image, virtual_serial
 from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import Ae3Error, DeviceError, UsageError
 from ae3tools.key import make_key_file
@@ -188,7 +188,7 @@ def test_devices_command(cli, tmp_path: Path) -> None:
     (device,) = json.loads(result.out)["devices"]
     assert device == {
         "state": "bootloader",
-        "serial": DEFAULT_SERIAL,
+        "serial": virtual_serial(tmp_path / "cam"),
         "path": "1-1",
         "bootloader_version": "1.0.3",
         "boot_header_version": None,  # listing reads descriptors only: no UPLOAD latches it

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from ae3tools.board import RAM_REGIONS, Role, partition_for_role
-from ae3tools.dfu.virtual import CameraInUse, DeviceMemory
+from ae3tools.dfu.virtual import CameraInUse, DeviceMemory, VirtualAE3
 from ae3tools.dfu_suffix import SIGNATURE
 from ae3tools.fileio import write_atomic
-from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error
+from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError
 from ae3tools.intel_hex import parse_hex
 from ae3tools.romfs import build_romfs, extract, parse_romfs
 from tests.conftest import FIXTURES, ROOT
@@ -286,12 +286,26 @@ def test_one_camera_has_one_owner(tmp_path: Path, cli, good_bundle_path: Path) -
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         result = cli("flash", good_bundle_path, "--virtual", camera, "--virtual-timing", "zero")
-        assert result.code == 1 and "in use by another program" in result.err
+        assert result.code == 1 and "is in use by another process" in result.err
     finally:
         holder.kill()
         holder.wait()
     result = cli("flash", good_bundle_path, "--virtual", camera, "--virtual-timing", "zero")
     assert result.code == 0, result.err
+
+
+def test_a_claimed_interface_is_named_in_use(tmp_path: Path) -> None:
+    """The libusb path: the interface claim fails with BUSY, as on a real camera."""
+    from ae3tools.dfu.host import DfuSession, find_bootloaders
+    from ae3tools.dfu.virtual_backend import VirtualBackend
+
+    holder = DeviceMemory(tmp_path / "cam")
+    holder.claim()
+    backend = VirtualBackend([VirtualAE3(DeviceMemory(tmp_path / "cam"))])
+    (device,) = find_bootloaders(backend)
+    with pytest.raises(DeviceError, match="in use by another program"):
+        DfuSession(device).open()
+    holder.release()
 
 
 def test_claim_is_exclusive_between_owners(tmp_path: Path) -> None:

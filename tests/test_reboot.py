@@ -23,7 +23,7 @@ from ae3tools.camera.virtual import VirtualCamera, virtual_ports
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, read_serial
 from ae3tools.dfu.protocol import BOOTLOADER_RELEASES, bootloader_release
-from ae3tools.dfu.virtual import DeviceMemory, Timing, VirtualAE3, partition_image
+from ae3tools.dfu.virtual import DeviceMemory, Timing, VirtualAE3, partition_image, virtual_serial
 from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import UsageError
 from ae3tools.identity import NO_SERIAL_BOOTLOADER, application_serial
@@ -212,7 +212,7 @@ def test_devices_lists_running_cameras_and_bootloaders(cli, tmp_path: Path) -> N
         {
             "state": "application",
             "port": running[0]["port"],
-            "serial": application_serial("AE30000000000000DEADBEEF"),
+            "serial": application_serial(virtual_serial(tmp_path / "a")),
             "firmware_version": "5.0.0",
             "protocol": "V2",
             "reported_bootloader_version": "1.0.3",

@@ -13,6 +13,7 @@ same memory; when the bootloader leaves, the application comes back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ctypes
 import fcntl
 import os
@@ -22,7 +23,7 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ from ae3tools.dfu.virtual import (
     VirtualAE3,
     precise_sleep,
     string_descriptor,
+    virtual_serial,
 )
 from ae3tools.identity import NO_SERIAL_APPLICATION, application_serial
 
@@ -249,13 +251,29 @@ class PtyPort:
             data += os.read(self.master, 65536)
         return data
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop serving; the port is gone once the thread ends (`wait` for that)."""
         self._stop.set()
-        if threading.current_thread() is not self._thread:
+        if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
 
 PortFactory = Callable[[VirtualApplication, Callable[[], None]], PtyPort]
+
+
+UNPLUGGED_MARKER = "unplugged"  # a file in a virtual camera's directory: its cable is out
+
+
+def set_plugged(directory: Path, plugged: bool) -> None:
+    """Plug a virtual camera in or pull its cable, from any process (the one running the
+    camera sees it at its next look at the bus). OSError if `directory` is not one."""
+    if not (directory / DeviceMemory.LOCK_NAME).is_file():
+        raise FileNotFoundError(errno.ENOENT, "not a virtual camera's directory", str(directory))
+    marker = directory / UNPLUGGED_MARKER
+    if plugged:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.touch()
 
 
 class VirtualCamera:
@@ -265,12 +283,17 @@ class VirtualCamera:
     while it re-enumerates, or the bootloader. One process runs it: the memory is
     claimed for the camera's life, as a real camera has one USB host. `serve_port` puts
     the application's CDC port on a pseudo-terminal (a new one by default).
+
+    With no `firmware` the camera starts plugged in during its bootloader's listen
+    window and nothing runs after the bootloader leaves (`--virtual-mode bootloader`).
+    A camera kept in a directory has a cable (`set_plugged`): pulled, it leaves the bus
+    at once; plugged back, it powers up into its bootloader's listen window (§8.1).
     """
 
     def __init__(
         self,
         memory: DeviceMemory,
-        firmware: Firmware,
+        firmware: Firmware | None,
         release: BootloaderRelease,
         *,
         timing: Timing | None = None,
@@ -278,6 +301,7 @@ class VirtualCamera:
         app_faults: Iterable[AppFault] = (),
         serial: str = DEFAULT_SERIAL,
         port: int = 1,
+        plug_delay: float = 0.0,
         serve_port: PortFactory = PtyPort,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = precise_sleep,
@@ -303,11 +327,17 @@ class VirtualCamera:
         self.history: list[str] = []  # what the camera did, in order, for tests
         self.stats = DeviceStats()  # over all its bootloader sessions
         self.exit_reason: str | None = None  # why its bootloader last left
-        self._start_application()
+        self.plugged = True
+        if firmware is None:
+            self._enter(forced=False, plug_delay=plug_delay)
+        else:
+            self._start_application()
 
     # ------------------------------------------------------------------ the two halves
 
     def _start_application(self) -> None:
+        if self.firmware is None:
+            return  # a firmware the model does not run: the camera leaves the bus
         self.boots += 1
         self.bootloader = None
         self.app = VirtualApplication(
@@ -340,13 +370,14 @@ class VirtualCamera:
             self.history.append(f"reset into the bootloader ({'forced' if forced else 'normal'})")
             self.next_change = (self.clock() + self.timing.reboot, lambda: self._enter(forced))
 
-    def _enter(self, forced: bool) -> None:
+    def _enter(self, forced: bool, plug_delay: float = 0.0) -> None:
         self.bootloader = VirtualAE3(
             self.memory,
             self.timing,
             self.faults,
             serial=self.bootloader_serial,
             forced=forced,
+            plug_delay=plug_delay,
             release=self.release,
             stats=self.stats,
             clock=self.clock,
@@ -372,9 +403,14 @@ class VirtualCamera:
 
     def _advance(self) -> None:
         """Time-driven changes: the bootloader leaving boots the application (§8.1 step 5:
-        it jumps to HP), each after the re-enumeration delay."""
+        it jumps to HP), each after the re-enumeration delay; the cable."""
+        self._check_cable()
+        if not self.plugged:
+            return
         bootloader = self.bootloader
-        if bootloader is not None and self.next_change is None and not bootloader.present:
+        # Absent is not left: a bootloader still within its plug delay has yet to appear.
+        left = bootloader is not None and not bootloader.present and bootloader.exit_reason
+        if bootloader is not None and self.next_change is None and left:
             self.history.append(f"bootloader left: {bootloader.exit_reason}")
             self.exit_reason = bootloader.exit_reason
             self.bootloader = None
@@ -383,6 +419,28 @@ class VirtualCamera:
             _, change = self.next_change
             self.next_change = None
             change()
+
+    def _check_cable(self) -> None:
+        directory = self.memory.directory
+        if directory is None:
+            return
+        plugged = not (directory / UNPLUGGED_MARKER).exists()
+        if plugged == self.plugged:
+            return
+        self.plugged = plugged
+        if not plugged:
+            self.history.append("unplugged")
+            if self.bootloader is not None:
+                self.bootloader.unplug()
+            if self.app_usb is not None:
+                self.app_usb.left = True
+            self.bootloader, self.app_usb, self.next_change = None, None, None
+            pty, self.pty = self.pty, None
+            if pty is not None:
+                pty.stop(wait=False)  # its thread may be waiting for this camera's lock
+        else:
+            self.history.append("plugged in")
+            self._enter(forced=False)  # power-up: the listen window (§8.1)
 
     @property
     def port(self) -> CameraPort | None:
@@ -409,7 +467,7 @@ VIRTUAL_MODES = (*FIRMWARES, BOOTLOADER_MODE)
 
 
 def virtual_bus(
-    directory: Path | None,
+    directories: Sequence[Path | None],
     *,
     mode: str = BOOTLOADER_MODE,
     bootloader: str = LATEST_NAME,
@@ -417,9 +475,11 @@ def virtual_bus(
     faults: Iterable[str] = (),
     plug_delay: float = 0.0,
 ) -> VirtualBackend:
-    """A bus with one virtual AE3 in `mode`, its memory in `directory`.
+    """A bus with one virtual AE3 in `mode` per directory (its memory; None: in RAM), on
+    ports 1, 2, ... Each camera's serial comes from its directory (`virtual_serial`).
 
-    ValueError for a mode, bootloader or fault that does not parse.
+    ValueError for a mode, bootloader or fault that does not parse; CameraInUse or
+    OSError for a directory another process runs or that cannot be one.
     """
     from ae3tools.dfu.virtual_backend import VirtualBackend
 
@@ -428,16 +488,28 @@ def virtual_bus(
     release = bootloader_release(bootloader)
     dfu_faults, app_faults = split_faults(faults)
     parsed = Fault.parse_many(dfu_faults)
-    memory = DeviceMemory(directory)
-    if mode == BOOTLOADER_MODE:
-        if app_faults:
-            raise ValueError("app: faults need a running camera (--virtual-mode app...)")
-        device = VirtualAE3(memory, timing, parsed, plug_delay=plug_delay, release=release)
-        return VirtualBackend([device])
-    camera = VirtualCamera(
-        memory, FIRMWARES[mode], release, timing=timing, faults=parsed, app_faults=app_faults
-    )
-    return VirtualBackend([camera])
+    if mode == BOOTLOADER_MODE and app_faults:
+        raise ValueError("app: faults need a running camera (--virtual-mode app...)")
+    cameras: list[VirtualCamera] = []
+    try:
+        for port, directory in enumerate(directories, 1):
+            cameras.append(
+                VirtualCamera(
+                    DeviceMemory(directory),
+                    None if mode == BOOTLOADER_MODE else FIRMWARES[mode],
+                    release,
+                    timing=timing,
+                    faults=parsed,
+                    app_faults=app_faults,
+                    serial=DEFAULT_SERIAL if directory is None else virtual_serial(directory),
+                    port=port,
+                    plug_delay=plug_delay,
+                )
+            )
+    except BaseException:
+        VirtualBackend(cameras).shutdown()
+        raise
+    return VirtualBackend(cameras)
 
 
 def virtual_ports(backend: VirtualBackend) -> list[CameraPort]:

@@ -32,12 +32,13 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
 
 VirtualOption = typer.Option(
-    None,
+    [],
     "--virtual",
     envvar="AE3TOOLS_VIRTUAL",
     metavar="DIR",
     help="Use a virtual AE3 whose memory lives in DIR (one file per partition), "
-    "instead of USB. Also AE3TOOLS_VIRTUAL.",
+    "instead of USB. Repeat for several cameras on one bus, each with a serial of its "
+    "own. Also AE3TOOLS_VIRTUAL (DIRs separated by spaces).",
 )
 TimingOption = typer.Option(
     "realistic",
@@ -85,14 +86,18 @@ PlugDelayOption = typer.Option(
     help="Seconds before the virtual AE3 appears (to rehearse --wait).",
 )
 SerialOption = typer.Option(
-    None,
+    [],
     "--serial",
     "-S",
     help="Use the camera with this USB serial (the bootloader's 24 digits, or the running "
-    "camera's 16).",
+    "camera's 16). `flash` takes it repeated, for several cameras.",
 )
 PathOption = typer.Option(
-    None, "--path", "-p", help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4."
+    [],
+    "--path",
+    "-p",
+    help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4. `flash` takes "
+    "it repeated.",
 )
 WaitOption = typer.Option(
     True,
@@ -116,13 +121,13 @@ YesOption = typer.Option(False, "--yes", "-y", help="Confirm the destructive ope
 
 # The options every device command shares: parameter name -> (type, option, Target field).
 _SHARED: dict[str, tuple[Any, Any, str]] = {
-    "serial": (str | None, SerialOption, "serial"),
-    "path": (str | None, PathOption, "path"),
+    "serial": (list[str], SerialOption, "serials"),
+    "path": (list[str], PathOption, "paths"),
     "port": (str | None, PortOption, "port"),
     "wait": (bool, WaitOption, "wait"),
     "wait_timeout": (float, WaitTimeoutOption, "wait_timeout"),
     "timeout": (float, TimeoutOption, "timeout"),
-    "virtual": (Path | None, VirtualOption, "virtual"),
+    "virtual": (list[Path], VirtualOption, "virtual"),
     "virtual_timing": (str, TimingOption, "timing"),
     "virtual_mode": (str, VirtualModeOption, "mode"),
     "virtual_bootloader": (str, VirtualBootloaderOption, "bootloader"),
@@ -157,8 +162,9 @@ def device_command(
         @functools.wraps(command)
         def run(**values: Any) -> None:
             fields = {shared[name][2]: values.pop(name) for name in shared}
-            if "faults" in fields:
-                fields["faults"] = tuple(fields["faults"])
+            for name, value in fields.items():
+                if isinstance(value, list):
+                    fields[name] = tuple(value)
             command(target=Target(**fields), **values)
 
         keyword_own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
@@ -176,12 +182,12 @@ def device_command(
 class Target:
     """Which camera a command talks to, from the shared options."""
 
-    virtual: Path | None = None
+    virtual: tuple[Path, ...] = ()  # one virtual camera per directory; none: USB
     timing: str = "realistic"
     faults: tuple[str, ...] = ()
     plug_delay: float = 0.0
-    serial: str | None = None
-    path: str | None = None
+    serials: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
     wait: bool = True
     wait_timeout: float = 30.0
     timeout: float = DEFAULT_TIMEOUT  # seconds, per control transfer
@@ -201,21 +207,51 @@ class Target:
 
         return min(self.wait_timeout, BOOTLOADER_TIMEOUT)
 
+    @property
+    def serial(self) -> str | None:
+        return self.serials[0] if self.serials else None
+
+    @property
+    def path(self) -> str | None:
+        return self.paths[0] if self.paths else None
+
     def selector(self) -> Selector:
+        """The one camera this command talks to."""
         from ae3tools.reach import Selector
 
+        for option, values in (("--serial", self.serials), ("--path", self.paths)):
+            if len(values) > 1:
+                raise UsageError(
+                    f"{option} given {len(values)} times: this command talks to one camera "
+                    "(`ae3tools flash` takes several)"
+                )
         if self.port is not None and self.path is not None:
             raise UsageError("--path names a bootloader and --port a running camera: give one")
         return Selector(self.serial, self.path, self.port)
 
+    def selectors(self) -> list[Selector]:
+        """The cameras a many-camera command picks: one selector per --serial and per
+        --path; none given, every camera (one selector that matches all)."""
+        from ae3tools.reach import Selector
+
+        if self.port is not None:
+            raise UsageError("--port names one running camera: use --serial to pick several")
+        picked = [Selector(serial=s) for s in self.serials]
+        picked += [Selector(path=p) for p in self.paths]
+        return picked or [Selector()]
+
     def backend(self) -> Any:
-        if self.virtual is None:
+        if not self.virtual:
             from ae3tools.dfu.host import libusb_backend
 
             return libusb_backend()
         from ae3tools.camera.virtual import virtual_bus
         from ae3tools.dfu.virtual import CameraInUse, Timing
 
+        resolved = [directory.resolve() for directory in self.virtual]
+        for index, directory in enumerate(resolved):
+            if directory in resolved[:index]:
+                raise UsageError(f"--virtual {self.virtual[index]}: given twice")
         try:
             backend = virtual_bus(
                 self.virtual,
@@ -228,16 +264,18 @@ class Target:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         except OSError as exc:
-            raise UsageError(f"--virtual {self.virtual}: {exc.strerror or exc}") from None
+            where = exc.filename or " ".join(map(str, self.virtual))
+            raise UsageError(f"--virtual {where}: {exc.strerror or exc}") from None
         except CameraInUse as exc:
             raise DeviceError(str(exc), hint="Wait for that process to finish.") from None
-        if backend.devices[0].memory.created:
-            err.print(f"created a new virtual AE3 in {self.virtual} (blank memory)")
+        for camera in backend.devices:
+            if camera.memory.created:
+                err.print(f"created a new virtual AE3 in {camera.memory.directory} (blank memory)")
         return backend
 
     def ports(self, backend: Any) -> PortSource:
         """Where running cameras are found: pyserial's port discovery, or the virtual bus."""
-        if self.virtual is None:
+        if not self.virtual:
             from ae3tools.camera.port import camera_ports
 
             return camera_ports
@@ -247,11 +285,13 @@ class Target:
 
     def options(self) -> list[str]:
         """The options that pick this camera again, for a command printed as a hint."""
-        picked = [("--serial", self.serial), ("--path", self.path), ("--port", self.port)]
-        if self.virtual is not None:
+        picked: list[tuple[str, str | None]] = [("--serial", s) for s in self.serials]
+        picked += [("--path", p) for p in self.paths] + [("--port", self.port)]
+        picked += [("--virtual", str(directory)) for directory in self.virtual]
+        if self.virtual:
             picked += [
-                ("--virtual", str(self.virtual)),
                 ("--virtual-timing", self.timing),
+                ("--virtual-mode", self.mode),
                 ("--virtual-bootloader", self.bootloader),
             ]
         return [part for name, value in picked if value for part in (name, value)]

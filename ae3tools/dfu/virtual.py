@@ -10,6 +10,7 @@ libusb programs, a umockdev ioctl handler. Section numbers below are the spec's.
 from __future__ import annotations
 
 import errno
+import hashlib
 import mmap
 import os
 import sys
@@ -471,6 +472,18 @@ class DeviceStats:
 
 DEFAULT_SERIAL = "AE30000000000000DEADBEEF"  # §1.3: 24 upper-case hex digits
 VIRTUAL_BUS = 1  # the bus number virtual cameras sit on
+
+# The bits of MfgData[0..5] the application's serial is made of (openmv-protocol.md §1.4:
+# x, y, wafer, year and fab, week, lot); the others are dropped by the mapping.
+_MFG_MASKS = (0x7F, 0x7F, 0x1F, 0x7F, 0x3F, 0xFF)
+
+
+def virtual_serial(directory: Path) -> str:
+    """The bootloader serial of the virtual camera kept in `directory`: stable for the
+    directory, and different cameras map to different application serials (§1.4)."""
+    digest = hashlib.sha256(os.fsencode(directory.resolve())).digest()
+    mfg = bytes(b & mask for b, mask in zip(digest, _MFG_MASKS, strict=False))
+    return (mfg + digest[6:12]).hex().upper()
 
 
 class VirtualAE3:
