@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -143,3 +144,12 @@ def write_atomic(path: Path, data: bytes, *, force: bool = False, mode: int = 0o
     """Write `data` to `path` through `atomic_output`."""
     with atomic_output(path, force=force, mode=mode) as stream:
         stream.write(data)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in pieces (an image file can be the largest partition)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for piece in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()

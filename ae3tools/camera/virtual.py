@@ -13,8 +13,8 @@ same memory; when the bootloader leaves, the application comes back.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ctypes
+import errno
 import fcntl
 import os
 import select
@@ -267,8 +267,8 @@ UNPLUGGED_MARKER = "unplugged"  # a file in a virtual camera's directory: its ca
 def set_plugged(directory: Path, plugged: bool) -> None:
     """Plug a virtual camera in or pull its cable, from any process (the one running the
     camera sees it at its next look at the bus). OSError if `directory` is not one."""
-    if not (directory / DeviceMemory.LOCK_NAME).is_file():
-        raise FileNotFoundError(errno.ENOENT, "not a virtual camera's directory", str(directory))
+    if not directory.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such virtual camera directory", str(directory))
     marker = directory / UNPLUGGED_MARKER
     if plugged:
         marker.unlink(missing_ok=True)

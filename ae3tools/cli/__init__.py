@@ -17,6 +17,7 @@ import typer
 from ae3tools.cli import artifacts as _artifacts  # noqa: F401  (registers commands)
 from ae3tools.cli import device as _device  # noqa: F401
 from ae3tools.cli import release as _release  # noqa: F401
+from ae3tools.cli import virtual as _virtual  # noqa: F401
 from ae3tools.cli.common import app, emit_json, err
 from ae3tools.findings import Ae3Error
 
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     With --json, stdout carries exactly one JSON object, errors included.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
-    as_json = "--json" in args
+    as_json = "--json" in args or "--json-progress" in args
     try:
         command = typer.main.get_command(app)
         _quiet_flags(command)

@@ -134,6 +134,34 @@ def flash(
         False, "--dry-run", help="Print the plan and the equivalent dfu-util commands."
     ),
     key: Path | None = KeyOption,
+    every: bool = typer.Option(
+        False,
+        "--all",
+        help="Flash every attached AE3 at once, one worker per camera (bootloaders and "
+        "running cameras).",
+    ),
+    station: bool = typer.Option(
+        False,
+        "--station",
+        help="Production line: flash each AE3 as it is plugged in, until Ctrl-C; a camera "
+        "is flashed again only after it is re-plugged.",
+    ),
+    count: int | None = typer.Option(
+        None, "--count", min=1, metavar="N", help="With --station: stop after N cameras."
+    ),
+    log: Path | None = typer.Option(
+        None,
+        "--log",
+        metavar="FILE",
+        help="Append one JSON line per camera to FILE (serial, bundle sha256, versions, "
+        "per-image result, time, error).",
+    ),
+    json_progress: bool = typer.Option(
+        False,
+        "--json-progress",
+        help="Stream JSON events on stdout, one per line (camera, step, bytes done, result), "
+        "ending with the report.",
+    ),
     as_json: bool = JsonOption,
     *,
     target: Target,
@@ -149,16 +177,32 @@ def flash(
 
     With `--key`, only a bundle signed by that key is flashed.
 
-    Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
+    Many cameras: `--all` flashes every attached AE3 at once (or repeat --serial/--path
+    to pick several), with a line per camera and a result per camera; `--station` waits
+    for cameras and flashes each as it is plugged in. `--log` keeps a JSON line per
+    camera; `--json-progress` streams events for a GUI or line controller.
+
+    Examples: ae3tools flash ae3-v4.7.0.zip --only hp,he;
+    ae3tools flash ae3.zip --all; ae3tools flash ae3.zip --station --log line1.jsonl
     """
     from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
     from ae3tools.release_zip import images_for_flash
     from ae3tools.signing import trusted_key
 
+    many = every or station or json_progress or log is not None
+    many = many or len(target.serials) + len(target.paths) > 1
+    if as_json and json_progress:
+        raise UsageError("--json and --json-progress: give one")
+    if every and station:
+        raise UsageError(
+            "--all flashes the cameras attached now, --station each as it comes: give one"
+        )
+    if count is not None and not station:
+        raise UsageError("--count goes with --station")
     trusted = trusted_key(key) if key is not None else None
     everything, release = images_for_flash(bundle, trusted)
     images = select_images(everything, parse_only(only))
-    if release is not None and not as_json:
+    if release is not None and not (as_json or json_progress):
         err.print(
             f"{bundle}: {release.description}: images checked for their roles; provenance "
             f"unknown (no manifest, hashes or signature; `ae3tools bundle --from {bundle}` "
@@ -195,6 +239,24 @@ def flash(
         out.print(f"equivalent dfu-util commands (after unzip {bundle}):")
         for command in commands:
             out.print(f"  {command}")
+        return
+
+    if many:
+        from ae3tools.cli.fleet import flash_many
+        from ae3tools.fleet import FlashJob
+
+        job = FlashJob(
+            tuple(images),
+            incremental=not full,
+            verify=verify,
+            reset=reset,
+            timeout_ms=target.timeout_ms,
+            reboot_wait=target.reboot_wait,
+        )
+        flash_many(
+            bundle, images, job, target, every=every, station=station, count=count, log=log,
+            as_json=as_json, json_progress=json_progress,
+        )  # fmt: skip
         return
 
     from ae3tools.dfu.flash import FlashFailed, flash_images

@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID
+from ae3tools.board import BOOTLOADER_PID, USB_VID
 from ae3tools.cli.common import err
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS, LATEST_BOOTLOADER
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
-    from ae3tools.camera.reboot import RunningCamera
     from ae3tools.dfu.flash import FlashFailed
-    from ae3tools.dfu.host import BootloaderInfo, DfuSession
     from ae3tools.reach import PortSource, Selector
+    from ae3tools.session import Session
 
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
 
@@ -304,22 +303,11 @@ def shut(backend: Any) -> None:
         backend.shutdown()
 
 
-@dataclass
-class Session:
-    """An open bootloader session, and how the camera got there."""
-
-    dfu: DfuSession
-    info: BootloaderInfo
-    rebooted: RunningCamera | None  # the running camera this was, if it was sent here
-    ports: PortSource
-
-
 @contextmanager
 def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
     """Reach the camera's bootloader (sending a running camera there), open it, and check
     it is an AE3's. Progress lines go to stderr unless `quiet`."""
-    from ae3tools.dfu.host import DfuSession
-    from ae3tools.reach import reach_bootloader
+    from ae3tools.session import open_session
 
     def say(text: str) -> None:
         if not quiet:
@@ -333,44 +321,30 @@ def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
 
     backend = target.backend()
     try:
-        ports = target.ports(backend)
-        device, rebooted = reach_bootloader(
+        with open_session(
             backend,
-            ports,
+            target.ports(backend),
             target.selector(),
             wait=target.wait_timeout if target.wait else 0.0,
             reboot_wait=target.reboot_wait,
+            timeout_ms=target.timeout_ms,
             status=say,
             on_waiting=waiting,
-        )
-        session = DfuSession(device, timeout_ms=target.timeout_ms)
-        info = session.open()
-        session.check_layout(info.alt_names)
-        say(f"bootloader {info.describe()} ready: serial {info.serial} at {info.path}")
-        yield Session(session, info, rebooted, ports)
+        ) as session:
+            yield session
     finally:
         shut(backend)
 
 
 def end_session(session: Session, reset: bool, *, quiet: bool = False) -> str:
-    """DETACH, then a USB reset, so the camera boots (every bootloader leaves on one of
-    the two, spec §13.2), or leave it in the bootloader. Returns what became of it."""
-    from ae3tools.reach import APPLICATION_TIMEOUT, await_application
+    """End the session (see `ae3tools.session.end_session`), warnings on stderr."""
+    from ae3tools.session import end_session as end
 
-    if not reset:
-        session.dfu.close()
-        return "camera left in the bootloader"
-    session.dfu.detach_and_reset()
-    if session.rebooted is None:
-        return "camera reset"
-    if await_application(session.ports, session.rebooted, APPLICATION_TIMEOUT):
-        return "camera reset: running its application again"
-    if not quiet:
-        err.print(
-            "warning: the camera did not come back running its application "
-            f"({USB_VID:04x}:{APPLICATION_PID:04x}); unplug it and plug it in again"
-        )
-    return "camera reset, but it did not come back: replug it"
+    return end(session, reset, warn=_quiet if quiet else err.print)
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 class ProgressBars:

@@ -231,7 +231,8 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
             raise usb.core.USBError("Resource busy", LIBUSB_ERROR_BUSY, errno.EBUSY) from None
 
     def release_interface(self, dev_handle: BusDevice, intf: int) -> None:
-        dev_handle.memory.release()
+        """The camera stays this process's until `shutdown`: a station or a many-camera
+        flash ends sessions while it goes on running the camera."""
 
     def set_configuration(self, dev_handle: BusDevice, config_value: int) -> None:
         self._control(dev_handle, 0x00, 9, config_value, 0, b"", 1000)

@@ -1,0 +1,384 @@
+"""`flash --all`, several --serial/--path, `--station`: many cameras, presented.
+
+The work is `ae3tools.fleet`'s; this module shows it: a progress line per camera, a
+line per finished camera, the final table or JSON report, the streamed JSON events of
+`--json-progress`, and the station's `--log` of one JSON line per camera.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from ae3tools.board import BOOTLOADER_PID, FIRMWARE_ROLES, USB_VID
+from ae3tools.cli.common import emit_json, err, out, styled
+from ae3tools.cli.target import Target, shut
+from ae3tools.fileio import file_sha256
+from ae3tools.findings import DeviceError, UsageError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from ae3tools.bundle import BundleImage
+    from ae3tools.dfu.builder import FlashObserver
+    from ae3tools.fleet import CameraResult, FlashJob, FoundCamera, Station
+    from ae3tools.reach import PortSource, Selector
+
+PROGRESS_STEPS = 50  # --json-progress: at most this many events per transfer
+
+
+def firmware_versions(images: Sequence[BundleImage]) -> dict[str, Any]:
+    """The versions the firmware images embed, by role (see `firmware_identity`)."""
+    from ae3tools.firmware import firmware_identity
+
+    found = {}
+    for image in images:
+        if image.role in FIRMWARE_ROLES:
+            identity = firmware_identity(image.data)
+            found[image.role.value] = identity.as_dict() if identity else None
+    return found
+
+
+class EventStream:
+    """`--json-progress`: one JSON object per line on stdout, from any worker thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields})
+        with self.lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def observer(self, camera: FoundCamera) -> FlashObserver:
+        return _JsonProgress(self, camera.label)
+
+
+class _JsonProgress:
+    """A camera's transfers as `progress` events: at the start, every 2 %, at the end."""
+
+    def __init__(self, stream: EventStream, camera: str) -> None:
+        self.stream, self.camera = stream, camera
+        self.step, self.total, self.next_at = "", 0, 0
+
+    def begin(self, label: str, total: int) -> None:
+        self.step, self.total, self.next_at = label, total, 0
+        self.advance(0)
+
+    def advance(self, done: int) -> None:
+        if done >= self.next_at or done == self.total:
+            self.next_at = done + max(1, self.total // PROGRESS_STEPS)
+            self.stream.emit(
+                "progress", camera=self.camera, step=self.step, done=done, total=self.total
+            )
+
+    def end(self) -> None:
+        pass
+
+
+class CameraRows:
+    """A rich progress line per camera while it is flashed, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress: Progress = Progress(
+            TextColumn("{task.description:<42}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            console=err,
+            disable=not enabled,
+        )
+        self.rows: dict[str, TaskID] = {}
+
+    def __enter__(self) -> CameraRows:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def observer(self, camera: FoundCamera) -> FlashObserver:
+        task = self.progress.add_task(f"{camera.label} reaching", total=None)
+        self.rows[camera.label] = task
+        return _Row(self.progress, task, camera.label)
+
+    def done(self, result: CameraResult) -> None:
+        task = self.rows.pop(result.camera.label, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.console.print(result_line(result), soft_wrap=True)
+
+
+class _Row:
+    def __init__(self, progress: Progress, task: TaskID, camera: str) -> None:
+        self.progress, self.task, self.camera = progress, task, camera
+
+    def begin(self, label: str, total: int) -> None:
+        self.progress.update(
+            self.task, description=f"{self.camera} {label}", total=total, completed=0
+        )
+
+    def advance(self, done: int) -> None:
+        self.progress.update(self.task, completed=done)
+
+    def end(self) -> None:
+        pass
+
+
+def result_line(result: CameraResult) -> str:
+    if result.ok:
+        return (
+            f"{result.camera.label}: flashed and verified in {result.seconds:.1f} s "
+            f"({result.written} of {result.blocks} blocks written; {result.after})"
+        )
+    return f"{result.camera.label}: FAILED after {result.seconds:.1f} s: {result.error}"
+
+
+class RunLog:
+    """`--log FILE`: one JSON line per camera, appended and flushed as each finishes."""
+
+    def __init__(self, path: Path, fields: dict[str, Any]) -> None:
+        if path.is_dir():
+            raise UsageError(f"--log {path}: is a directory")
+        if not path.parent.is_dir():
+            raise UsageError(f"--log {path}: the directory {path.parent} does not exist")
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"--log {path}: {exc.strerror}") from None
+        self.path, self.fields = path, fields
+        self.lock = threading.Lock()
+
+    def write(self, result: CameraResult) -> None:
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record = {
+            "time": when,
+            **self.fields,
+            "bootloader_version": result.device.version if result.device else None,
+            **result.as_dict(),
+        }
+        line = (json.dumps(record) + "\n").encode()
+        with self.lock:
+            os.write(self.fd, line)  # one write per line: O_APPEND keeps lines whole
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def results_table(results: Sequence[CameraResult]) -> Any:
+    from rich.table import Table
+
+    table = Table()
+    for column in ("camera", "found as", "result", "written", "seconds"):
+        table.add_column(column, justify="right" if column in ("written", "seconds") else "left")
+    for r in results:
+        verdict = (
+            styled("flashed and verified", "green") if r.ok else styled(r.error or "failed", "red")
+        )
+        table.add_row(
+            r.camera.label,
+            f"{r.camera.state} {r.camera.where}",
+            verdict,
+            f"{r.written}/{r.blocks}",
+            f"{r.seconds:.1f}",
+        )
+    return table
+
+
+class Presenter:
+    """Where a many-camera run's news goes: progress rows or JSON events, and the log."""
+
+    def __init__(self, rows: CameraRows, events: EventStream | None, log: RunLog | None):
+        self.rows, self.events, self.log = rows, events, log
+        self.show = rows.progress.disable is False and events is None
+
+    def observer_for(self, camera: FoundCamera) -> FlashObserver | None:
+        if self.events is not None:
+            return self.events.observer(camera)
+        return self.rows.observer(camera) if self.show else None
+
+    def on_start(self, camera: FoundCamera) -> None:
+        if self.events is not None:
+            self.events.emit("camera", state="started", **camera.as_dict())
+
+    def on_result(self, result: CameraResult) -> None:
+        if self.log is not None:
+            self.log.write(result)
+        if self.events is not None:
+            self.events.emit("result", **result.as_dict())
+        elif self.show:
+            self.rows.done(result)
+
+    def say(self, text: str) -> None:
+        if self.show:
+            err.print(text, soft_wrap=True)
+
+
+def flash_many(
+    bundle: Path,
+    images: Sequence[BundleImage],
+    job: FlashJob,
+    target: Target,
+    *,
+    every: bool,
+    station: bool,
+    count: int | None,
+    log: Path | None,
+    as_json: bool,
+    json_progress: bool,
+) -> None:
+    """Flash several cameras at once (or, as a station, each as it is plugged in)."""
+    from ae3tools.fleet import Station
+
+    selectors = target.selectors()
+    bundle_fields = {
+        "bundle": str(bundle),
+        "bundle_sha256": file_sha256(bundle),
+        "firmware": firmware_versions(images),
+    }
+    run_log = RunLog(log, bundle_fields) if log is not None else None
+    events = EventStream() if json_progress else None
+    started = time.monotonic()
+    backend = None
+    try:
+        backend = target.backend()
+        ports = target.ports(backend)
+        with CameraRows(not (as_json or json_progress)) as rows:
+            shown = Presenter(rows, events, run_log)
+            if station:
+                results = _run_station(
+                    Station(
+                        backend,
+                        ports,
+                        job,
+                        selectors,
+                        observer_for=shown.observer_for,
+                        on_start=shown.on_start,
+                        on_result=shown.on_result,
+                    ),
+                    count,
+                    shown,
+                )
+            else:
+                results = _run_once(backend, ports, job, target, selectors, every, shown)
+    finally:
+        if backend is not None:
+            shut(backend)
+        if run_log is not None:
+            run_log.close()
+    report = {
+        **bundle_fields,
+        "ok": all(r.ok for r in results),
+        "cameras": [r.as_dict() for r in results],
+        "flashed": sum(r.ok for r in results),
+        "failed": sum(not r.ok for r in results),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if events is not None:
+        events.emit("report", **report)
+    elif as_json:
+        emit_json(report)
+    else:
+        if results and not station:
+            out.print(results_table(results))
+        failed = f"; {report['failed']} failed" if report["failed"] else ""
+        out.print(
+            f"{report['flashed']} of {len(results)} cameras flashed and verified in "
+            f"{report['seconds']} s{failed}"
+        )
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def _run_once(
+    backend: Any,
+    ports: PortSource,
+    job: FlashJob,
+    target: Target,
+    selectors: Sequence[Selector],
+    every: bool,
+    shown: Presenter,
+) -> list[CameraResult]:
+    from ae3tools.fleet import flash_cameras, wait_for_cameras
+
+    cameras, missing = wait_for_cameras(
+        backend,
+        ports,
+        selectors,
+        every=every,
+        wait=target.wait_timeout if target.wait else 0.0,
+        on_waiting=lambda: shown.say(
+            f"waiting for AE3s ({USB_VID:04x}:{BOOTLOADER_PID:04x} bootloaders, or running "
+            "cameras): plug them in or press their reset buttons..."
+        ),
+    )
+    if not every and len(cameras) > len(selectors):
+        listing = "; ".join(f"{c.state} {c.label} at {c.where}" for c in cameras)
+        raise UsageError(
+            f"{len(cameras)} AE3s found ({listing}): choose with --serial or --path "
+            "(repeatable), or flash them all with --all"
+        )
+    if missing or not cameras:
+        named = ", ".join(s.describe() for s in missing if s.given) or "any camera"
+        others = f" ({len(cameras)} others found, none flashed)" if cameras else ""
+        raise DeviceError(
+            f"no AE3 found for {named} within {target.wait_timeout:g} s{others}",
+            hint="Plug the cameras in (or press reset) while this command waits; "
+            "use --wait-timeout to wait longer.",
+        )
+    shown.say(f"flashing {len(cameras)} cameras at once: " + ", ".join(c.label for c in cameras))
+    for camera in cameras:
+        shown.on_start(camera)
+    return flash_cameras(
+        backend, ports, cameras, job, observer_for=shown.observer_for, on_result=shown.on_result
+    )
+
+
+def _run_station(station: Station, count: int | None, shown: Presenter) -> list[CameraResult]:
+    """Run the station until Ctrl-C (or `count` cameras); a first Ctrl-C lets the cameras
+    in progress finish, a second abandons them."""
+    shown.say(
+        "station: flashing each AE3 as it is plugged in (a camera is flashed again only after "
+        "it is re-plugged); Ctrl-C to stop"
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=station.run, args=(stop, count), daemon=True)
+    runner.start()
+    # A line controller stops the station with SIGTERM: the same orderly stop as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while runner.is_alive():
+            runner.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        if station.in_progress:
+            shown.say(f"stopping: waiting for the {station.in_progress} cameras in progress")
+        runner.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    shown.say(f"station stopped after {len(station.results)} cameras")
+    return station.results
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,58 @@
+"""`ae3tools virtual plug|unplug DIR`: the cable of a virtual camera.
+
+A station (`flash --station --virtual DIR ...`) runs the virtual cameras; these commands,
+from another terminal, pull a camera's cable or plug it back in, as an operator would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ae3tools.cli.common import JsonOption, app, emit_json, out
+from ae3tools.findings import UsageError
+
+virtual_app = typer.Typer(
+    help="Rehearse with virtual cameras: pull a cable, plug it back in.",
+    no_args_is_help=True,
+)
+app.add_typer(virtual_app, name="virtual")
+
+CamerasArgument = typer.Argument(
+    ..., metavar="DIR...", help="Virtual camera directories (as given to --virtual)."
+)
+
+
+def _set(directories: list[Path], plugged: bool, as_json: bool) -> None:
+    from ae3tools.camera.virtual import set_plugged
+
+    for directory in directories:
+        try:
+            set_plugged(directory, plugged)
+        except OSError as exc:
+            raise UsageError(f"{directory}: {exc.strerror or exc}") from None
+    state = "plugged in" if plugged else "unplugged"
+    if as_json:
+        emit_json({"ok": True, "state": state, "cameras": [str(d) for d in directories]})
+    else:
+        for directory in directories:
+            out.print(f"{directory}: {state}")
+
+
+@virtual_app.command()
+def unplug(directories: list[Path] = CamerasArgument, as_json: bool = JsonOption) -> None:
+    """Pull the cable of virtual cameras: they leave the bus at once.
+
+    Example: ae3tools virtual unplug cams/a
+    """
+    _set(directories, False, as_json)
+
+
+@virtual_app.command()
+def plug(directories: list[Path] = CamerasArgument, as_json: bool = JsonOption) -> None:
+    """Plug virtual cameras back in: each powers up into its bootloader's listen window.
+
+    Example: ae3tools virtual plug cams/a cams/b
+    """
+    _set(directories, True, as_json)
