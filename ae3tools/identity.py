@@ -50,3 +50,11 @@ def same_camera(bootloader_serial: str | None, serial: str) -> bool:
         return True
     mapped = application_serial(bootloader_serial)
     return mapped is not None and mapped == serial.lower() and mapped != NO_SERIAL_APPLICATION
+
+
+def running_camera_is(application: str | None, serial: str) -> bool:
+    """Whether the running camera reporting `application` is the camera named `serial`,
+    given as either form (its own, or its bootloader's, which maps to it)."""
+    if not application or application.lower() == NO_SERIAL_APPLICATION:
+        return False
+    return application.lower() in (serial.lower(), application_serial(serial))

@@ -25,7 +25,12 @@ from ae3tools.dfu.host import (
     read_serial,
 )
 from ae3tools.findings import DeviceError, UsageError
-from ae3tools.identity import NO_SERIAL_APPLICATION, application_serial, same_camera
+from ae3tools.identity import (
+    NO_SERIAL_APPLICATION,
+    application_serial,
+    running_camera_is,
+    same_camera,
+)
 
 # openmv-protocol.md §5.2, §6.2 step 6: the reset to 96E3 is "well under a second"; allow
 # 10 s before calling the camera stuck. Poll at 20 ms, as dfu-util -w does.
@@ -61,7 +66,7 @@ class Selector:
             return False  # a bus path names a bootloader (dfu-util -p)
         if self.port is not None and port.device != self.port:
             return False
-        return self.serial is None or (port.serial or "").lower() == self.serial.lower()
+        return self.serial is None or running_camera_is(port.serial, self.serial)
 
     def describe(self) -> str:
         named = (("serial", self.serial), ("path", self.path), ("port", self.port))

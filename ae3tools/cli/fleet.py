@@ -219,7 +219,7 @@ class Presenter:
 
     def on_start(self, camera: FoundCamera) -> None:
         if self.events is not None:
-            self.events.emit("camera", state="started", **camera.as_dict())
+            self.events.emit("start", **camera.as_dict())
 
     def on_result(self, result: CameraResult) -> None:
         if self.log is not None:

@@ -1,0 +1,290 @@
+"""Many cameras at once: `flash --all`, picked cameras, the station, and their reports.
+
+Every camera here is a virtual AE3 with its memory in a directory of its own, all on one
+virtual bus, driven through the real pyusb stack; the running ones serve their CDC
+ports on real pseudo-terminals. The station runs as a real process, stopped by a real
+SIGINT, with cameras plugged and unplugged by `ae3tools virtual` from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ae3tools.bundle import (
+    BundleImage,
+    ReleaseInfo,
+    inputs_from_directory,
+    read_bundle,
+    write_bundle,
+)
+from ae3tools.camera.application import FIRMWARES
+from ae3tools.camera.virtual import VirtualCamera, virtual_ports
+from ae3tools.dfu.protocol import LATEST_BOOTLOADER
+from ae3tools.dfu.virtual import DeviceMemory, Fault, Timing, partition_image, virtual_serial
+from ae3tools.dfu.virtual_backend import VirtualBackend
+from ae3tools.fleet import FlashJob, attached_cameras, flash_cameras
+from ae3tools.identity import application_serial
+from tests.conftest import FIXTURES
+
+ZERO = ("--virtual-timing", "zero")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fleet") / "bundle.zip"
+    write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="fleet"))
+    return path
+
+
+def holds(camera: Path, images: list[BundleImage]) -> bool:
+    stored = [partition_image(camera, i.role) for i in images]
+    return all(
+        path.exists() and path.read_bytes()[: len(i.data)] == i.data
+        for path, i in zip(stored, images, strict=True)
+    )
+
+
+def virtual(*cameras: Path) -> list[str]:
+    return [part for camera in cameras for part in ("--virtual", str(camera))]
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# ------------------------------------------------------------------ the virtual cameras
+
+
+def test_each_virtual_camera_has_its_own_stable_serial(tmp_path: Path) -> None:
+    serials = [virtual_serial(tmp_path / name) for name in ("a", "b", "c", "d")]
+    assert len(set(serials)) == 4
+    assert virtual_serial(tmp_path / "a") == serials[0]
+    assert (
+        virtual_serial(tmp_path / "x" / ".." / "a") == serials[0]
+    )  # the directory, not its spelling
+    mapped = [application_serial(s) for s in serials]
+    assert len(set(mapped)) == 4 and None not in mapped
+
+
+def test_one_virtual_bus_holds_every_camera(cli, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    result = cli("devices", *virtual(a, b), "--virtual-mode", "app", "--json")
+    rows = json.loads(result.out)["devices"]
+    assert sorted(r["serial"] for r in rows) == sorted(
+        application_serial(virtual_serial(d)) for d in (a, b)
+    )
+    assert len({r["port"] for r in rows}) == 2
+
+
+def test_the_same_directory_twice_is_a_usage_error(cli, tmp_path: Path, bundle: Path) -> None:
+    result = cli("flash", bundle, *virtual(tmp_path / "a", tmp_path / "." / "a"), "--all", *ZERO)
+    assert result.code == 2 and "given twice" in result.err
+
+
+def test_plug_and_unplug_need_a_camera_directory(cli, tmp_path: Path) -> None:
+    result = cli("virtual", "unplug", tmp_path / "nowhere")
+    assert result.code == 2 and "nowhere" in result.err
+
+
+# ------------------------------------------------------------------ flash --all
+
+
+def test_all_flashes_every_camera_at_once(cli, tmp_path: Path, bundle: Path) -> None:
+    cameras = [tmp_path / name for name in ("a", "b", "c")]
+    result = cli("flash", bundle, "--all", *virtual(*cameras), "--virtual-mode", "app",
+                 *ZERO, "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    assert report["ok"] and report["flashed"] == 3 and report["failed"] == 0
+    assert sorted(c["serial"] for c in report["cameras"]) == sorted(map(virtual_serial, cameras))
+    assert {c["state"] for c in report["cameras"]} == {"application"}  # all were running
+    assert all(
+        c["after"] == "camera reset: running its application again" for c in report["cameras"]
+    )
+    images = read_bundle(bundle)
+    assert all(holds(camera, images) for camera in cameras)
+
+
+def test_all_shows_a_table_of_cameras(cli, tmp_path: Path, bundle: Path) -> None:
+    cameras = [tmp_path / "a", tmp_path / "b"]
+    result = cli("flash", bundle, "--all", *virtual(*cameras), *ZERO)
+    assert result.code == 0, result.err
+    for camera in cameras:
+        key = application_serial(virtual_serial(camera))
+        assert f"{key}: flashed and verified" in result.err  # a line as each one finishes
+        assert key in result.out  # and a row of the final table
+    assert "2 of 2 cameras flashed and verified" in result.out
+
+
+def test_repeated_serials_pick_cameras(cli, tmp_path: Path, bundle: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    picked = ["--serial", virtual_serial(a), "--serial", application_serial(virtual_serial(b))]
+    result = cli("flash", bundle, *picked, *virtual(a, b, c), "--virtual-mode", "app", *ZERO,
+                 "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert len(json.loads(result.out)["cameras"]) == 2
+    images = read_bundle(bundle)
+    assert holds(a, images) and holds(b, images) and not holds(c, images)
+
+
+def test_a_picked_camera_that_is_missing_fails_the_run(cli, tmp_path: Path, bundle: Path) -> None:
+    a = tmp_path / "a"
+    result = cli("flash", bundle, "--serial", virtual_serial(a), "--serial", "0" * 23 + "1",
+                 *virtual(a), *ZERO, "--wait-timeout", "0.2", "--json")  # fmt: skip
+    assert result.code == 1
+    assert "no AE3 found for serial " + "0" * 23 + "1" in json.loads(result.out)["error"]
+
+
+def test_several_cameras_without_all_are_ambiguous(cli, tmp_path: Path, bundle: Path) -> None:
+    result = cli("flash", bundle, "--json-progress", *virtual(tmp_path / "a", tmp_path / "b"),
+                 *ZERO)  # fmt: skip
+    assert result.code == 2 and "2 AE3s found" in result.err and "--all" in result.err
+
+
+def test_one_failing_camera_does_not_stop_the_others(tmp_path: Path, bundle: Path) -> None:
+    timing = Timing.zero()
+    fault = Fault.parse_many(["status:alt=HE:block=1:status=errWRITE"])
+    cameras = [
+        VirtualCamera(
+            DeviceMemory(tmp_path / name),
+            FIRMWARES["app"],
+            LATEST_BOOTLOADER,
+            timing=timing,
+            faults=fault if name == "bad" else (),
+            serial=virtual_serial(tmp_path / name),
+            port=port,
+        )
+        for port, name in enumerate(("good", "bad", "fine"), 1)
+    ]
+    backend = VirtualBackend(cameras)
+    try:
+        ports = lambda: virtual_ports(backend)  # noqa: E731
+        found = attached_cameras(backend, ports)
+        images = read_bundle(bundle)
+        results = flash_cameras(backend, ports, found, FlashJob(tuple(images)))
+    finally:
+        backend.shutdown()
+    outcome = {r.serial: r for r in results}
+    bad = outcome[virtual_serial(tmp_path / "bad")]
+    assert not bad.ok and "errWRITE" in (bad.error or "")
+    assert [r.role.value for r in bad.images] == ["hp"]  # what was done before the fault
+    assert [role.value for role in bad.remaining] == ["he", "romfs1", "romfs0"]
+    assert all(outcome[virtual_serial(tmp_path / n)].ok for n in ("good", "fine"))
+    assert holds(tmp_path / "good", images) and holds(tmp_path / "fine", images)
+
+
+def test_json_progress_streams_events(cli, tmp_path: Path, bundle: Path) -> None:
+    cameras = [tmp_path / "a", tmp_path / "b"]
+    result = cli("flash", bundle, "--all", "--json-progress", *virtual(*cameras), *ZERO)
+    assert result.code == 0, result.err
+    events = [json.loads(line) for line in result.out.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("start") == 2 and kinds.count("result") == 2 and kinds[-1] == "report"
+    progress = [e for e in events if e["event"] == "progress"]
+    keys = {application_serial(virtual_serial(c)) for c in cameras}
+    assert {e["camera"] for e in progress} == keys
+    for key in keys:
+        steps = [e for e in progress if e["camera"] == key and e["step"] == "update HP"]
+        assert steps[0]["done"] == 0 and steps[-1]["done"] == steps[-1]["total"] > 0
+    assert events[-1]["ok"] and len(events[-1]["cameras"]) == 2
+    assert "flashed and verified" not in result.err  # no lines for people: the stream says it
+
+
+def test_json_and_json_progress_exclude_each_other(cli, tmp_path: Path, bundle: Path) -> None:
+    result = cli("flash", bundle, "--json", "--json-progress", *virtual(tmp_path / "a"))
+    assert result.code == 2 and json.loads(result.out)["ok"] is False
+
+
+# ------------------------------------------------------------------ the station
+
+
+def _station(bundle: Path, log: Path, *args: object) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "ae3tools", "flash", str(bundle), "--station"]
+    return subprocess.Popen(
+        [*command, "--log", str(log), *ZERO, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines(log: Path) -> list[dict[str, object]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _ae3tools(*args: object) -> None:
+    subprocess.run([sys.executable, "-m", "ae3tools", *map(str, args)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def test_station_flashes_each_camera_once_per_plug(tmp_path: Path, bundle: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    _ae3tools("virtual", "unplug", b)  # b waits on the bench
+    log = tmp_path / "line.jsonl"
+    station = _station(bundle, log, *virtual(a, b), "--virtual-mode", "app")
+    try:
+        assert eventually(lambda: len(_lines(log)) == 1), station.stderr
+        _ae3tools("virtual", "plug", b)  # powers up into its bootloader's listen window
+        assert eventually(lambda: len(_lines(log)) == 2)
+        time.sleep(1.0)  # ten looks at the bus: both cameras are back, running, not re-plugged
+        assert len(_lines(log)) == 2
+        _ae3tools("virtual", "unplug", a)
+        time.sleep(0.5)
+        _ae3tools("virtual", "plug", a)
+        assert eventually(lambda: len(_lines(log)) == 3)
+    finally:
+        station.send_signal(signal.SIGINT)
+        out, err = station.communicate(timeout=30)
+    assert station.returncode == 0, err
+    assert "3 of 3 cameras flashed and verified" in out
+    first, second, third = _lines(log)
+    assert [r["serial"] for r in (first, second, third)] == [
+        virtual_serial(a),
+        virtual_serial(b),
+        virtual_serial(a),
+    ]
+    assert (first["state"], second["state"]) == ("application", "bootloader")
+    assert third["images"] and all(i["blocks_written"] == 0 for i in third["images"])  # type: ignore[attr-defined,index]
+    assert all(r["bundle_sha256"] == _sha256(bundle) and r["ok"] for r in (first, second, third))
+    assert first["bootloader_version"] == "1.0.3" and first["error"] is None
+
+
+def test_station_count_stops_by_itself_and_logs_failures(tmp_path: Path, bundle: Path) -> None:
+    log = tmp_path / "line.jsonl"
+    station = _station(bundle, log, *virtual(tmp_path / "a", tmp_path / "b"), "--count", "2",
+                       "--fault", "status:alt=HP:block=0:status=errWRITE")  # fmt: skip
+    out, err = station.communicate(timeout=60)
+    assert station.returncode == 1, err
+    records = _lines(log)
+    assert len(records) == 2 and not any(r["ok"] for r in records)
+    assert all("errWRITE" in str(r["error"]) for r in records)
+    assert "0 of 2 cameras flashed and verified" in out and "2 failed" in out
+
+
+def test_station_log_must_be_writable(cli, tmp_path: Path, bundle: Path) -> None:
+    result = cli("flash", bundle, "--station", "--log", tmp_path / "no" / "log.jsonl",
+                 *virtual(tmp_path / "a"), *ZERO)  # fmt: skip
+    assert result.code == 2 and "does not exist" in result.err
+    assert not (tmp_path / "a").exists()  # refused before any camera was touched
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
