@@ -182,8 +182,9 @@ def flash(
     for cameras and flashes each as it is plugged in. `--log` keeps a JSON line per
     camera; `--json-progress` streams events for a GUI or line controller.
 
-    Examples: ae3tools flash ae3-v4.7.0.zip --only hp,he;
-    ae3tools flash ae3.zip --all; ae3tools flash ae3.zip --station --log line1.jsonl
+    Example: ae3tools flash ae3-v4.7.0.zip --only hp,he
+
+    Example: ae3tools flash ae3-v4.7.0.zip --station --log line1.jsonl
     """
     from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
     from ae3tools.release_zip import images_for_flash
