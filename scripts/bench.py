@@ -9,7 +9,11 @@
    rewrite of the same set: modelled device time, ratio, blocks written, host CPU.
 4. start-up: CPU of `ae3tools inspect` on a small file and of `ae3tools --help`, each a
    fresh process (minimum and median of several runs: the machine's noise is large).
-5. --bridge: on one umockdev bridge and the realistic model (wall clock), the seed's four
+5. many cameras: N = 1, 2, 4, 8 virtual AE3s on one bus, realistic model in real time
+   (the device's work is slept, as a real camera's takes time), each re-flashed after
+   its HP was rebuilt, all at once through `ae3tools.fleet`: wall time against one
+   camera's (the ratio), and the host CPU.
+6. --bridge: on one umockdev bridge and the realistic model (wall clock), the seed's four
    real dfu-util calls against `ae3tools flash` through real libusb: a fresh flash with
    and without read-back, and the re-flash after a small HP change.
 """
@@ -37,7 +41,13 @@ from ae3tools.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.dfu.builder import ImageResult
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, find_bootloaders
-from ae3tools.dfu.virtual import DeviceMemory, SimulatedClock, Timing, VirtualAE3
+from ae3tools.dfu.virtual import (
+    DeviceMemory,
+    SimulatedClock,
+    Timing,
+    VirtualAE3,
+    virtual_serial,
+)
 from ae3tools.dfu.virtual_backend import VirtualBackend
 from tests.fullsize import firmware, make_full_size_set
 
@@ -133,6 +143,39 @@ def host_cost(images: list[BundleImage]) -> None:
     )
 
 
+def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)) -> None:
+    from ae3tools.camera.virtual import VirtualCamera
+    from ae3tools.dfu.protocol import LATEST_BOOTLOADER
+    from ae3tools.fleet import FlashJob, attached_cameras, flash_cameras
+
+    new_images = cases(images)["HP fully rebuilt"]
+    print("\nmany cameras at once, realistic model in real time (HP rebuilt on each camera):")
+    print(f"  {'cameras':>7} {'wall s':>8} {'ratio':>7} {'per camera s':>13} {'host CPU s':>11}")
+    single = 0.0
+    for count in counts:
+        memories = []
+        for _ in range(count):
+            memory = DeviceMemory()
+            flash_once(images, Timing.zero(), memory=memory)  # each camera holds the release
+            memories.append(memory)
+        cameras = [
+            VirtualCamera(memory, None, LATEST_BOOTLOADER, timing=Timing.realistic(),
+                          serial=virtual_serial(Path(f"camera-{index}")), port=index + 1,
+                          sleep=time.sleep)
+            for index, memory in enumerate(memories)
+        ]  # fmt: skip
+        backend = VirtualBackend(cameras)
+        found = attached_cameras(backend, list)
+        started, cpu = time.perf_counter(), time.process_time()
+        results = flash_cameras(backend, list, found, FlashJob(tuple(new_images)))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        backend.shutdown()
+        assert len(results) == count and all(r.ok for r in results), results
+        single = single or wall
+        mean = sum(r.seconds for r in results) / count
+        print(f"  {count:>7} {wall:8.2f} {wall / single:7.3f} {mean:13.2f} {cpu:11.2f}")
+
+
 def child_cpu(args: list[str], runs: int = 15) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
@@ -170,6 +213,7 @@ def main() -> None:
         default=None,
         help="shrink ROMFS0 to this many MiB for a quicker run (default: 24)",
     )
+    parser.add_argument("--cameras-only", action="store_true", help="only the many-cameras section")
     args = parser.parse_args()
     romfs0_size = int(args.romfs0_mib * MIB) if args.romfs0_mib else None
 
@@ -192,9 +236,13 @@ def main() -> None:
             f"bundle write (validate + hash + zip): {write_time:.3f} s; "
             f"verify/read: {read_time:.3f} s; sha256 of all images: {hash_time:.3f} s"
         )
+        if args.cameras_only:
+            many_cameras(images)
+            return
         host_cost(images)
         incremental_table(images)
         startup()
+        many_cameras(images)
         if args.bridge:
             bridge_comparison(inputs, out, Path(tmp))
 

@@ -490,6 +490,9 @@ def virtual_bus(
     parsed = Fault.parse_many(dfu_faults)
     if mode == BOOTLOADER_MODE and app_faults:
         raise ValueError("app: faults need a running camera (--virtual-mode app...)")
+    # Several cameras share this process: their device waits must not spin (precise_sleep
+    # holds the interpreter), or one camera's wait would delay another's host.
+    sleep = precise_sleep if len(directories) == 1 else time.sleep
     cameras: list[VirtualCamera] = []
     try:
         for port, directory in enumerate(directories, 1):
@@ -504,6 +507,7 @@ def virtual_bus(
                     serial=DEFAULT_SERIAL if directory is None else virtual_serial(directory),
                     port=port,
                     plug_delay=plug_delay,
+                    sleep=sleep,
                 )
             )
     except BaseException:
