@@ -45,7 +45,7 @@ from ae3tools.findings import (
     warning,
     warnings_in,
 )
-from ae3tools.firmware import build_mismatch
+from ae3tools.firmware import FirmwareIdentity, build_mismatch, identities
 from ae3tools.signing import (
     MAX_SIGNATURE_SIZE,
     SIGNATURE_NAME,
@@ -124,6 +124,9 @@ class Manifest:
     release: ReleaseInfo = ReleaseInfo()
     created_by: str = f"ae3tools {__version__}"
     partial: bool = False  # fewer than the four images, asked for with --partial
+    # What the firmware images say they are (firmware_identity), for people and release
+    # tools; the reader checks it against the images. Absent when no image says.
+    firmware: tuple[tuple[Role, FirmwareIdentity], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -136,8 +139,12 @@ class Manifest:
             "flash_order": [image.role.value for image in self.images],
             "reset_after_last": True,
             **({"partial": True} if self.partial else {}),
+            **({"firmware": self.firmware_dict()} if self.firmware else {}),
             "images": [image.as_dict() for image in self.images],
         }
+
+    def firmware_dict(self) -> dict[str, dict[str, str | None]]:
+        return {role.value: identity.as_dict() for role, identity in self.firmware}
 
     def to_json(self) -> bytes:
         return (json.dumps(self.as_dict(), indent=2) + "\n").encode()
@@ -277,7 +284,8 @@ def build_manifest(artifacts: Mapping[Role, Artifact], release: ReleaseInfo) -> 
                 warnings=tuple(f"{f.code}: {f.message}" for f in warnings_in(artifact.findings)),
             )
         )
-    return Manifest(tuple(entries), release)
+    found = identities({role: artifact.data for role, artifact in artifacts.items()})
+    return Manifest(tuple(entries), release, firmware=tuple(found.items()))
 
 
 def _member(name: str) -> zipfile.ZipInfo:
@@ -381,6 +389,17 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
         reports.append(_check_image(entry, data))
     firmware = {r.entry.role: r.data for r in reports if r.data is not None}
     findings.extend(build_mismatch(firmware))
+    if len(firmware) == len(reports):  # every image could be read: what they say is known
+        found = identities(firmware)
+        if manifest.firmware and dict(manifest.firmware) != found:
+            said = ", ".join(f"{r.name}: {i.describe()}" for r, i in found.items()) or "nothing"
+            findings.append(
+                error(
+                    "BUNDLE_FIRMWARE",
+                    f"the manifest's firmware versions do not match the images (they say {said})",
+                    MANIFEST_NAME,
+                )
+            )
     return BundleReport(path, manifest, tuple(findings), tuple(reports), signature)
 
 
@@ -489,8 +508,15 @@ def parse_manifest(raw: bytes) -> Manifest:
     known = {
         k: release[k] for k in ("version", "build_date", "git_revision", "notes") if k in release
     }
+    firmware = tuple(
+        (Role(role), FirmwareIdentity(**said)) for role, said in data.get("firmware", {}).items()
+    )
     return Manifest(
-        tuple(entries), ReleaseInfo(**known), data["created_by"], bool(data.get("partial"))
+        tuple(entries),
+        ReleaseInfo(**known),
+        data["created_by"],
+        bool(data.get("partial")),
+        firmware,
     )
 
 

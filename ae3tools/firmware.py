@@ -169,12 +169,21 @@ def firmware_identity(data: bytes) -> FirmwareIdentity | None:
     )
 
 
+def identities(images: Mapping[Role, bytes]) -> dict[Role, FirmwareIdentity]:
+    """The identity of each firmware image that has one, by role."""
+    found = {}
+    for role in FIRMWARE_ROLES:
+        data = images.get(role)
+        identity = firmware_identity(data) if data is not None else None
+        if identity is not None:
+            found[role] = identity
+    return found
+
+
 def build_mismatch(images: Mapping[Role, bytes]) -> list[Finding]:
     """A warning when the HP and HE images say they come from different builds."""
-    hp, he = (images.get(role) for role in FIRMWARE_ROLES)
-    if hp is None or he is None:
-        return []
-    hp_id, he_id = firmware_identity(hp), firmware_identity(he)
+    found = identities(images)
+    hp_id, he_id = (found.get(role) for role in FIRMWARE_ROLES)
     if hp_id is None or he_id is None:
         return []
     if (hp_id.openmv, hp_id.micropython) == (he_id.openmv, he_id.micropython):

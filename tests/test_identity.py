@@ -9,6 +9,7 @@ from pathlib import Path
 from ae3tools.board import Role, partition_for_role
 from ae3tools.firmware import firmware_identity
 from tests.conftest import FIXTURES
+from tests.test_bundle import manifest_of, rezip, with_manifest
 
 GOOD = FIXTURES / "good"
 
@@ -69,3 +70,49 @@ def test_hp_and_he_from_different_builds_are_warned_about(cli, tmp_path: Path) -
     )
     same = cli("verify", out.with_name("same.zip"), "--json")
     assert json.loads(same.out)["warnings"] == []
+
+
+def _bundle_with_banners(cli, tmp_path: Path) -> Path:
+    good = tmp_path / "good"
+    good.mkdir()
+    for name in ("romfs0.img", "romfs1.img"):
+        (good / name).write_bytes((GOOD / name).read_bytes())
+    (good / "firmware_M55_HP.bin").write_bytes(with_banner(Role.HP, "v5.0.0"))
+    (good / "firmware_M55_HE.bin").write_bytes(with_banner(Role.HE, "v5.0.0"))
+    out = tmp_path / "release.zip"
+    assert cli("bundle", "--from", good, "-o", out).code == 0
+    return out
+
+
+SAID = {"openmv": "v5.0.0", "micropython": "v1.25.0-r1", "board": "OpenMV-AE3"}
+
+
+def test_the_manifest_records_what_the_firmware_says(cli, tmp_path: Path) -> None:
+    bundle = _bundle_with_banners(cli, tmp_path)
+    assert manifest_of(bundle)["firmware"] == {"hp": SAID, "he": SAID}
+    assert cli("verify", bundle).code == 0
+    plain = tmp_path / "plain.zip"
+    assert cli("bundle", "--from", GOOD, "-o", plain).code == 0
+    assert "firmware" not in manifest_of(plain)  # nothing to say: the manifest is as before
+
+
+def test_a_manifest_lying_about_the_firmware_fails(cli, tmp_path: Path) -> None:
+    bundle = _bundle_with_banners(cli, tmp_path)
+
+    def claim_another_build(manifest: dict) -> None:  # type: ignore[type-arg]
+        manifest["firmware"]["hp"]["openmv"] = "v9.9.9"
+
+    forged = rezip(tmp_path / "forged.zip", with_manifest(bundle, claim_another_build))
+    result = cli("verify", forged, "--json")
+    assert result.code == 1
+    assert "BUNDLE_FIRMWARE" in [e["code"] for e in json.loads(result.out)["errors"]]
+
+
+def test_the_flash_report_says_what_was_flashed(cli, tmp_path: Path) -> None:
+    bundle = _bundle_with_banners(cli, tmp_path)
+    camera = tmp_path / "cam"
+    result = cli("flash", bundle, "--virtual", camera, "--virtual-timing", "zero", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["firmware"] == {"hp": SAID, "he": SAID}
+    table = cli("flash", bundle, "--virtual", camera, "--virtual-timing", "zero")
+    assert "HP firmware: openmv v5.0.0, micropython v1.25.0-r1, board OpenMV-AE3" in table.out

@@ -279,10 +279,14 @@ def flash(
                 "remaining": [r.value for r in exc.remaining],
             },
         ) from None
+    from ae3tools.cli.fleet import firmware_versions
+
+    firmware = firmware_versions(images)
     report = {
         "bundle": str(bundle),
         "ok": True,
         "source": release.as_dict() if release else {"kind": "ae3tools-bundle"},
+        "firmware": firmware,
         "device": session.info.as_dict(),
         "was_running": session.rebooted.as_dict() if session.rebooted else None,
         "incremental": not full,
@@ -295,6 +299,9 @@ def flash(
         emit_json(report)
         return
     out.print(results_table(results))
+    for role, said in firmware.items():
+        shown = ", ".join(f"{k} {v}" for k, v in said.items() if v)
+        out.print(f"{role.upper()} firmware: {shown}")
     written = sum(r.written for r in results)
     blocks = sum(r.blocks for r in results)
     verdict = (

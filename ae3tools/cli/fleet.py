@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ae3tools.board import BOOTLOADER_PID, FIRMWARE_ROLES, USB_VID
+from ae3tools.board import BOOTLOADER_PID, USB_VID
 from ae3tools.cli.common import emit_json, err, out, styled
 from ae3tools.cli.target import Target, shut
 from ae3tools.fileio import file_sha256
@@ -38,15 +38,11 @@ PROGRESS_STEPS = 50  # --json-progress: at most this many events per transfer
 
 
 def firmware_versions(images: Sequence[BundleImage]) -> dict[str, Any]:
-    """The versions the firmware images embed, by role (see `firmware_identity`)."""
-    from ae3tools.firmware import firmware_identity
+    """What the firmware images say they are, by role, for reports and logs."""
+    from ae3tools.firmware import identities
 
-    found = {}
-    for image in images:
-        if image.role in FIRMWARE_ROLES:
-            identity = firmware_identity(image.data)
-            found[image.role.value] = identity.as_dict() if identity else None
-    return found
+    found = identities({image.role: image.data for image in images})
+    return {role.value: identity.as_dict() for role, identity in found.items()}
 
 
 class EventStream:
