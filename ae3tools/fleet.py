@@ -32,6 +32,9 @@ from ae3tools.session import end_session, open_session
 
 BOOTLOADER, APPLICATION = "bootloader", "application"
 STATION_POLL = 0.1  # s: well inside a bootloader's 1.5 s listen window (§8.1)
+# Looks at the bus a camera must be missing from to count as unplugged: one look can
+# miss a camera whose serial did not read (it is then passed over, see attached_cameras).
+UNPLUGGED_AFTER = 2
 SETTLE = 0.3  # s: cameras plugged in together enumerate within this of each other
 
 
@@ -54,6 +57,11 @@ class FoundCamera:
     @property
     def label(self) -> str:
         return self.key or f"{self.state} at {self.where}"
+
+    @property
+    def handle(self) -> str:
+        """What the station tracks it by: its serial, else where it is."""
+        return self.key or f"@{self.where}"
 
     def selector(self) -> Selector:
         """Exactly this camera: a bootloader by its bus path, a running camera by port."""
@@ -207,7 +215,7 @@ def flash_camera(
     )
 
 
-ObserverFor = Callable[[FoundCamera], FlashObserver]
+ObserverFor = Callable[[FoundCamera], FlashObserver | None]
 ResultSink = Callable[[CameraResult], None]
 
 
@@ -215,27 +223,32 @@ def _no_observer(_: FoundCamera) -> FlashObserver | None:
     return None
 
 
-def flash_cameras(
-    backend: Any,
-    ports: PortSource,
-    cameras: Sequence[FoundCamera],
-    job: FlashJob,
-    *,
-    observer_for: Callable[[FoundCamera], FlashObserver | None] = _no_observer,
-    on_result: ResultSink | None = None,
-) -> list[CameraResult]:
-    """Flash every camera at once, one worker each; results in the cameras' order."""
-    if not cameras:
-        return []
+def _ignore(_: CameraResult) -> None:
+    pass
 
-    def work(camera: FoundCamera) -> CameraResult:
-        result = flash_camera(backend, ports, camera, job, observer_for(camera))
-        if on_result is not None:
-            on_result(result)
+
+@dataclass(frozen=True)
+class Worker:
+    """What each camera's worker does: flash it, with its own observer, and report."""
+
+    backend: Any
+    ports: PortSource
+    job: FlashJob
+    observer_for: ObserverFor = _no_observer
+    on_result: ResultSink = _ignore
+
+    def __call__(self, camera: FoundCamera) -> CameraResult:
+        result = flash_camera(self.backend, self.ports, camera, self.job, self.observer_for(camera))
+        self.on_result(result)
         return result
 
+
+def flash_cameras(worker: Worker, cameras: Sequence[FoundCamera]) -> list[CameraResult]:
+    """Flash every camera at once, one thread each; results in the cameras' order."""
+    if not cameras:
+        return []
     with ThreadPoolExecutor(max_workers=len(cameras), thread_name_prefix="flash") as pool:
-        return list(pool.map(work, cameras))
+        return list(pool.map(worker, cameras))
 
 
 @dataclass
@@ -244,28 +257,64 @@ class _Flashed:
     since, which is what makes its bootloader's next appearance a re-plug."""
 
     left: bool = False
+    missed: int = 0  # looks in a row it was not seen in
+
+    def seen(self, present: bool) -> None:
+        self.missed = 0 if present else self.missed + 1
+        self.left = self.left or self.missed >= UNPLUGGED_AFTER
+
+
+@dataclass
+class PlugTracker:
+    """Which cameras a station should flash now: each once per plug-in.
+
+    A camera flashed (or failed) is due again only once it has left the bus and come
+    back in its bootloader (re-plugged, or its reset button pressed): after its own
+    reset it comes back running, and is left alone.
+    """
+
+    _flashed: dict[str, _Flashed] = field(default_factory=dict)
+
+    def due(self, present: Sequence[FoundCamera], busy: Iterable[str]) -> list[FoundCamera]:
+        """The cameras to start now, given one look at the bus and the handles of the
+        cameras being flashed; updates what is known of the others."""
+        seen = {camera.handle: camera for camera in present}
+        for handle, earlier in self._flashed.items():
+            earlier.seen(handle in seen)
+        skip = set(busy)
+        due = []
+        for handle, camera in seen.items():
+            if handle in skip:
+                continue
+            flashed = self._flashed.get(handle)
+            if flashed is not None:
+                if camera.state == APPLICATION:
+                    flashed.left = False  # back after its reset, or still running: not a plug
+                    continue
+                if not flashed.left:
+                    continue
+                del self._flashed[handle]
+            due.append(camera)
+        return due
+
+    def finished(self, handle: str) -> None:
+        self._flashed[handle] = _Flashed()
 
 
 @dataclass
 class Station:
-    """Flash each camera as it appears, once per plug-in.
+    """Flash each camera as it appears, once per plug-in (see `PlugTracker`).
 
-    A camera flashed (or failed) here is flashed again only once it has left the bus and
-    come back in its bootloader (re-plugged, or its reset button pressed): after its own
-    reset it comes back running, and is left alone. `run` polls until `stop` is set or
-    `count` cameras were started, then lets the workers in progress finish.
+    `run` looks at the bus every `poll` seconds until `stop` is set or `count` cameras
+    were started, then lets the workers in progress finish.
     """
 
-    backend: Any
-    ports: PortSource
-    job: FlashJob
+    worker: Worker
     selectors: Sequence[Selector] = (Selector(),)
-    observer_for: Callable[[FoundCamera], FlashObserver | None] = _no_observer
     on_start: Callable[[FoundCamera], None] | None = None
-    on_result: ResultSink | None = None
     poll: float = STATION_POLL
     results: list[CameraResult] = field(default_factory=list)
-    _flashed: dict[str, _Flashed] = field(default_factory=dict)
+    plugs: PlugTracker = field(default_factory=PlugTracker)
     _busy: dict[str, Future[CameraResult]] = field(default_factory=dict)
 
     @property
@@ -277,53 +326,26 @@ class Station:
         with ThreadPoolExecutor(thread_name_prefix="station") as pool:
             while not stop.is_set() and (count is None or started < count):
                 self._harvest()
-                for camera in self._due(attached_cameras(self.backend, self.ports, self.selectors)):
+                present = attached_cameras(self.worker.backend, self.worker.ports, self.selectors)
+                for camera in self.plugs.due(present, self._busy):
                     if count is not None and started >= count:
                         break
                     started += 1
                     if self.on_start is not None:
                         self.on_start(camera)
-                    key = camera.key or f"@{camera.where}"
-                    self._busy[key] = pool.submit(self._work, camera)
+                    self._busy[camera.handle] = pool.submit(self.worker, camera)
                 stop.wait(self.poll)
             for future in list(self._busy.values()):
                 future.result()
             self._harvest()
         return self.results
 
-    def _work(self, camera: FoundCamera) -> CameraResult:
-        result = flash_camera(self.backend, self.ports, camera, self.job, self.observer_for(camera))
-        if self.on_result is not None:
-            self.on_result(result)
-        return result
-
     def _harvest(self) -> None:
-        for key, future in list(self._busy.items()):
+        for handle, future in list(self._busy.items()):
             if future.done():
-                del self._busy[key]
+                del self._busy[handle]
                 self.results.append(future.result())
-                self._flashed[key] = _Flashed()
-
-    def _due(self, present: list[FoundCamera]) -> list[FoundCamera]:
-        """The cameras to start now; updates what the station knows of the others."""
-        seen = {camera.key or f"@{camera.where}": camera for camera in present}
-        for key, earlier in self._flashed.items():
-            if key not in seen:
-                earlier.left = True
-        due = []
-        for key, camera in seen.items():
-            if key in self._busy:
-                continue
-            flashed = self._flashed.get(key)
-            if flashed is not None:
-                if camera.state == APPLICATION:
-                    flashed.left = False  # back after its reset, or still running: not a plug
-                    continue
-                if not flashed.left:
-                    continue
-                del self._flashed[key]
-            due.append(camera)
-        return due
+                self.plugs.finished(handle)
 
 
 def wait_for_cameras(

@@ -146,7 +146,7 @@ def host_cost(images: list[BundleImage]) -> None:
 def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)) -> None:
     from ae3tools.camera.virtual import VirtualCamera
     from ae3tools.dfu.protocol import LATEST_BOOTLOADER
-    from ae3tools.fleet import FlashJob, attached_cameras, flash_cameras
+    from ae3tools.fleet import FlashJob, Worker, attached_cameras, flash_cameras
 
     new_images = cases(images)["HP fully rebuilt"]
     print("\nmany cameras at once, realistic model in real time (HP rebuilt on each camera):")
@@ -167,7 +167,7 @@ def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)
         backend = VirtualBackend(cameras)
         found = attached_cameras(backend, list)
         started, cpu = time.perf_counter(), time.process_time()
-        results = flash_cameras(backend, list, found, FlashJob(tuple(new_images)))
+        results = flash_cameras(Worker(backend, list, FlashJob(tuple(new_images))), found)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         backend.shutdown()
         assert len(results) == count and all(r.ok for r in results), results

@@ -30,7 +30,14 @@ from ae3tools.camera.virtual import VirtualCamera, virtual_ports
 from ae3tools.dfu.protocol import LATEST_BOOTLOADER
 from ae3tools.dfu.virtual import DeviceMemory, Fault, Timing, partition_image, virtual_serial
 from ae3tools.dfu.virtual_backend import VirtualBackend
-from ae3tools.fleet import FlashJob, attached_cameras, flash_cameras
+from ae3tools.fleet import (
+    FlashJob,
+    FoundCamera,
+    PlugTracker,
+    Worker,
+    attached_cameras,
+    flash_cameras,
+)
 from ae3tools.identity import application_serial
 from tests.conftest import FIXTURES
 
@@ -174,7 +181,7 @@ def test_one_failing_camera_does_not_stop_the_others(tmp_path: Path, bundle: Pat
         ports = lambda: virtual_ports(backend)  # noqa: E731
         found = attached_cameras(backend, ports)
         images = read_bundle(bundle)
-        results = flash_cameras(backend, ports, found, FlashJob(tuple(images)))
+        results = flash_cameras(Worker(backend, ports, FlashJob(tuple(images))), found)
     finally:
         backend.shutdown()
     outcome = {r.serial: r for r in results}
@@ -288,3 +295,37 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ once per plug-in
+
+
+def test_a_flashed_camera_is_due_again_only_after_a_replug() -> None:
+    boot = FoundCamera("bootloader", "1-1", "F5D1E63B4A00" + "0" * 12)
+    running = FoundCamera("application", "/dev/ttyACM0", application_serial(boot.serial or ""))
+    assert boot.handle == running.handle == "f5d1e63b4a000000"  # one camera, two states
+    plugs = PlugTracker()
+    assert plugs.due([boot], busy=()) == [boot]
+    assert plugs.due([boot], busy=[boot.handle]) == []  # being flashed
+    plugs.finished(boot.handle)
+    assert plugs.due([], busy=()) == []  # its reset: gone for a moment...
+    assert plugs.due([running], busy=()) == []  # ...and back running: not a plug
+    assert plugs.due([], busy=()) == []  # one look without it: maybe a serial misread
+    assert plugs.due([boot], busy=()) == []  # so not yet a re-plug
+    assert plugs.due([], busy=()) == []
+    assert plugs.due([], busy=()) == []  # two looks: unplugged
+    assert plugs.due([running], busy=()) == []  # back running (the window missed): left alone
+    assert plugs.due([], busy=()) == [] and plugs.due([], busy=()) == []
+    assert plugs.due([boot], busy=()) == [boot]  # back in its bootloader: re-plugged
+
+
+def test_a_failed_camera_left_in_its_bootloader_waits_for_a_replug() -> None:
+    boot = FoundCamera("bootloader", "1-2", "3509015325F265E40748690F")
+    plugs = PlugTracker()
+    assert plugs.due([boot], busy=()) == [boot]
+    plugs.finished(boot.handle)
+    for _ in range(5):
+        assert plugs.due([boot], busy=()) == []
+    plugs.due([], busy=())
+    plugs.due([], busy=())
+    assert plugs.due([boot], busy=()) == [boot]

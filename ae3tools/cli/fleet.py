@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
     from ae3tools.bundle import BundleImage
     from ae3tools.dfu.builder import FlashObserver
-    from ae3tools.fleet import CameraResult, FlashJob, FoundCamera, Station
-    from ae3tools.reach import PortSource, Selector
+    from ae3tools.fleet import CameraResult, FlashJob, FoundCamera, Station, Worker
+    from ae3tools.reach import Selector
 
 PROGRESS_STEPS = 50  # --json-progress: at most this many events per transfer
 
@@ -244,7 +244,7 @@ def flash_many(
     json_progress: bool,
 ) -> None:
     """Flash several cameras at once (or, as a station, each as it is plugged in)."""
-    from ae3tools.fleet import Station
+    from ae3tools.fleet import Station, Worker
 
     selectors = target.selectors()
     bundle_fields = {
@@ -261,22 +261,13 @@ def flash_many(
         ports = target.ports(backend)
         with CameraRows(not (as_json or json_progress)) as rows:
             shown = Presenter(rows, events, run_log)
+            worker = Worker(backend, ports, job, shown.observer_for, shown.on_result)
             if station:
                 results = _run_station(
-                    Station(
-                        backend,
-                        ports,
-                        job,
-                        selectors,
-                        observer_for=shown.observer_for,
-                        on_start=shown.on_start,
-                        on_result=shown.on_result,
-                    ),
-                    count,
-                    shown,
+                    Station(worker, selectors, on_start=shown.on_start), count, shown
                 )
             else:
-                results = _run_once(backend, ports, job, target, selectors, every, shown)
+                results = _run_once(worker, target, selectors, every, shown)
     finally:
         if backend is not None:
             shut(backend)
@@ -307,19 +298,13 @@ def flash_many(
 
 
 def _run_once(
-    backend: Any,
-    ports: PortSource,
-    job: FlashJob,
-    target: Target,
-    selectors: Sequence[Selector],
-    every: bool,
-    shown: Presenter,
+    worker: Worker, target: Target, selectors: Sequence[Selector], every: bool, shown: Presenter
 ) -> list[CameraResult]:
     from ae3tools.fleet import flash_cameras, wait_for_cameras
 
     cameras, missing = wait_for_cameras(
-        backend,
-        ports,
+        worker.backend,
+        worker.ports,
         selectors,
         every=every,
         wait=target.wait_timeout if target.wait else 0.0,
@@ -345,9 +330,7 @@ def _run_once(
     shown.say(f"flashing {len(cameras)} cameras at once: " + ", ".join(c.label for c in cameras))
     for camera in cameras:
         shown.on_start(camera)
-    return flash_cameras(
-        backend, ports, cameras, job, observer_for=shown.observer_for, on_result=shown.on_result
-    )
+    return flash_cameras(worker, cameras)
 
 
 def _run_station(station: Station, count: int | None, shown: Presenter) -> list[CameraResult]:
@@ -358,7 +341,15 @@ def _run_station(station: Station, count: int | None, shown: Presenter) -> list[
         "it is re-plugged); Ctrl-C to stop"
     )
     stop = threading.Event()
-    runner = threading.Thread(target=station.run, args=(stop, count), daemon=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            station.run(stop, count)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
     runner.start()
     # A line controller stops the station with SIGTERM: the same orderly stop as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -372,6 +363,8 @@ def _run_station(station: Station, count: int | None, shown: Presenter) -> list[
         runner.join()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if failure:
+        raise failure[0]
     shown.say(f"station stopped after {len(station.results)} cameras")
     return station.results
 
