@@ -303,7 +303,7 @@ def _sha256(path: Path) -> str:
 def test_a_flashed_camera_is_due_again_only_after_a_replug() -> None:
     boot = FoundCamera("bootloader", "1-1", "F5D1E63B4A00" + "0" * 12)
     running = FoundCamera("application", "/dev/ttyACM0", application_serial(boot.serial or ""))
-    assert boot.handle == running.handle == "f5d1e63b4a000000"  # one camera, two states
+    assert boot.handle == running.handle == "eb44ceca00000000"  # one camera, two states
     plugs = PlugTracker()
     assert plugs.due([boot], busy=()) == [boot]
     assert plugs.due([boot], busy=[boot.handle]) == []  # being flashed
