@@ -73,19 +73,44 @@ class FoundCamera:
         return {"camera": self.key, "state": self.state, "where": self.where}
 
 
+@dataclass
+class SerialCache:
+    """Each bootloader's serial, read once per enumeration (bus and address, which the
+    host assigns afresh each time a device enumerates): a station looking at the bus
+    ten times a second does not ask a camera it is flashing for its serial each time."""
+
+    _known: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def serials(self, devices: Sequence[Any]) -> list[str | None]:
+        keys = [(device.bus, device.address) for device in devices]
+        known = {key: self._known[key] for key in keys if key in self._known}
+        for key, device in zip(keys, devices, strict=True):
+            if key not in known:
+                serial = read_serial(device)
+                if serial is not None:
+                    known[key] = serial
+        self._known = known  # the enumerations on the bus now, no others
+        return [known.get(key) for key in keys]
+
+
 def attached_cameras(
-    backend: Any, ports: PortSource, selectors: Sequence[Selector] = (Selector(),)
+    backend: Any,
+    ports: PortSource,
+    selectors: Sequence[Selector] = (Selector(),),
+    cache: SerialCache | None = None,
 ) -> list[FoundCamera]:
     """Every AE3 on the bus that one of `selectors` picks, bootloaders first.
 
     A bootloader whose serial cannot be read is passed over: it is just leaving or
     arriving (one that has no serial reads as all zeros, §1.3), and the next look sees it.
     """
-    found = []
-    for device in find_bootloaders(backend):
-        serial = read_serial(device)
-        if serial is not None and any(s.bootloader(device) for s in selectors):
-            found.append(FoundCamera(BOOTLOADER, device_path(device), serial))
+    devices = find_bootloaders(backend)
+    serials = (cache or SerialCache()).serials(devices)
+    found = [
+        FoundCamera(BOOTLOADER, path, serial)
+        for path, serial in ((device_path(d), s) for d, s in zip(devices, serials, strict=True))
+        if serial is not None and any(s.names_bootloader(path, serial) for s in selectors)
+    ]
     found += [
         FoundCamera(APPLICATION, p.device, p.serial)
         for p in ports()
@@ -315,6 +340,7 @@ class Station:
     poll: float = STATION_POLL
     results: list[CameraResult] = field(default_factory=list)
     plugs: PlugTracker = field(default_factory=PlugTracker)
+    serials: SerialCache = field(default_factory=SerialCache)
     _busy: dict[str, Future[CameraResult]] = field(default_factory=dict)
 
     @property
@@ -326,7 +352,9 @@ class Station:
         with ThreadPoolExecutor(thread_name_prefix="station") as pool:
             while not stop.is_set() and (count is None or started < count):
                 self._harvest()
-                present = attached_cameras(self.worker.backend, self.worker.ports, self.selectors)
+                present = attached_cameras(
+                    self.worker.backend, self.worker.ports, self.selectors, self.serials
+                )
                 for camera in self.plugs.due(present, self._busy):
                     if count is not None and started >= count:
                         break

@@ -55,11 +55,16 @@ class Selector:
         return any((self.serial, self.path, self.port))
 
     def bootloader(self, device: Any) -> bool:
+        serial = read_serial(device) if self.serial is not None else None
+        return self.names_bootloader(device_path(device), serial)
+
+    def names_bootloader(self, path: str, serial: str | None) -> bool:
+        """Whether the bootloader at `path` reporting `serial` is the one selected."""
         if self.port is not None:
             return False
-        if self.path is not None and device_path(device) != self.path:
+        if self.path is not None and path != self.path:
             return False
-        return self.serial is None or same_camera(read_serial(device), self.serial)
+        return self.serial is None or same_camera(serial, self.serial)
 
     def running(self, port: CameraPort) -> bool:
         if self.path is not None:

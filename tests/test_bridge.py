@@ -320,3 +320,25 @@ def test_dfu_util_users_no_longer_replug(tmp_path: Path) -> None:
     result = shell(tmp_path / "cam", script, options=("--mode", "app-legacy"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "8"]  # none while running; then eight alt settings
+
+
+def test_many_camera_flash_on_real_libusb_and_pyserial(tmp_path: Path) -> None:
+    """The many-camera path (a worker thread per camera, the log, the event stream) on
+    real libusb and pyserial's discovery. One camera: umockdev's preload library is not
+    safe for USB from two threads at once (the process's heap is corrupted), so the
+    station, which looks at the bus while workers flash, is rehearsed in process."""
+    memory, bundle, log = tmp_path / "cam", tmp_path / "bundle.zip", tmp_path / "line.jsonl"
+    write_bundle(bundle, inputs_from_directory(GOOD), ReleaseInfo())
+    result = bridge(
+        memory, AE3TOOLS, "flash", bundle, "--all", "--log", log, "--json-progress",
+        options=("--mode", "app"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert record["ok"] and record["state"] == "application" and record["where"] == "/dev/ttyACM0"
+    assert record["after"] == "camera reset: running its application again"
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "report" and events[-1]["flashed"] == 1
+    assert any(e["event"] == "progress" and e["step"] == "update HP" for e in events)
+    for image in read_bundle(bundle):
+        assert memory_holds(memory, image.role, image.data)

@@ -34,6 +34,7 @@ from ae3tools.fleet import (
     FlashJob,
     FoundCamera,
     PlugTracker,
+    SerialCache,
     Worker,
     attached_cameras,
     flash_cameras,
@@ -329,3 +330,22 @@ def test_a_failed_camera_left_in_its_bootloader_waits_for_a_replug() -> None:
     plugs.due([], busy=())
     plugs.due([], busy=())
     assert plugs.due([boot], busy=()) == [boot]
+
+
+def test_the_station_asks_each_enumeration_for_its_serial_once(tmp_path: Path) -> None:
+    camera = VirtualCamera(
+        DeviceMemory(tmp_path / "a"), None, LATEST_BOOTLOADER, serial=virtual_serial(tmp_path / "a")
+    )
+    backend = VirtualBackend([camera])
+    try:
+        cache = SerialCache()
+        first = attached_cameras(backend, list, cache=cache)
+        asked = camera.stats.control_transfers
+        assert asked > 0 and [c.serial for c in first] == [virtual_serial(tmp_path / "a")]
+        for _ in range(10):
+            assert attached_cameras(backend, list, cache=cache) == first
+        assert camera.stats.control_transfers == asked  # ten looks, no transfer
+        attached_cameras(backend, list)  # without the cache: asked again
+        assert camera.stats.control_transfers > asked
+    finally:
+        backend.shutdown()

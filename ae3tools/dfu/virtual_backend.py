@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -124,11 +125,13 @@ class Slot(Protocol):
 
 
 class _DeviceId:
-    """What enumerate_devices yields: one enumeration of a device at a port."""
+    """What enumerate_devices yields: one enumeration of a device at a port, with the
+    address the host gave it (a new one each time, as Linux does)."""
 
-    def __init__(self, device: BusDevice, port: int) -> None:
+    def __init__(self, device: BusDevice, port: int, address: int) -> None:
         self.device = device
         self.port = port
+        self.address = address
         self.configuration = _parse_configuration(device.configuration_descriptor)
 
 
@@ -139,6 +142,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         super().__init__()
         self.devices = list(devices)
         self._seen: dict[int, _DeviceId] = {}
+        self._addresses = itertools.count(2)  # 1 is the root hub's
 
     # ---------------------------------------------------------------- descriptors
 
@@ -150,7 +154,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
                 continue
             known = self._seen.get(port)
             if known is None or known.device is not device:  # a new enumeration
-                known = self._seen[port] = _DeviceId(device, port)
+                known = self._seen[port] = _DeviceId(device, port, next(self._addresses))
             found.append(known)
         return iter(found)
 
@@ -161,7 +165,7 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         return SimpleNamespace(
             **_fields(dev.device.device_descriptor, _DEVICE_FIELDS),
             bus=VIRTUAL_BUS,
-            address=1 + dev.port,
+            address=dev.address,
             port_number=dev.port,
             port_numbers=(dev.port,),
             speed=HIGH_SPEED,
