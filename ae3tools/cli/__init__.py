@@ -99,4 +99,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             as_json=as_json,
             details=None,
         )
+    if result == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130)
+        _fail("interrupted", EXIT_INTERRUPTED, as_json=as_json, details=None)
     sys.exit(result if isinstance(result, int) else 0)
