@@ -311,6 +311,9 @@ class _Walk:
     # flat arrays: where DATA_POINTER targets may legitimately point.
     blob_starts: array[int] = field(default_factory=lambda: array("q"))
     blob_ends: array[int] = field(default_factory=lambda: array("q"))
+    # Runs of short records holding such payloads (see _short_run), in image order.
+    run_starts: array[int] = field(default_factory=lambda: array("q"))
+    run_ends: array[int] = field(default_factory=lambda: array("q"))
     padded_records: int = 0
     record_header_sizes: set[int] = field(default_factory=set)
 
@@ -323,6 +326,10 @@ class _Walk:
         if end > start:
             self.blob_starts.append(start)
             self.blob_ends.append(end)
+
+    def add_short_run(self, start: int, end: int) -> None:
+        self.run_starts.append(start)
+        self.run_ends.append(end)
 
 
 def is_romfs(data: bytes | memoryview) -> bool:
@@ -486,11 +493,22 @@ def _unknown(kind: int) -> tuple[str, Severity, str]:
     return ("ROMFS_UNKNOWN_KIND", Severity.INFO, f"record of unknown kind {kind} skipped")
 
 
-# A run of two-byte records (kind < 0x80, length 0): a crafted image can hold twelve
-# million of them. The run is handled by counting kinds in C, not record by record, in
-# matches of at most 4096 records: the regex engine keeps state per repetition, and one
-# match over 24 MiB held 800 MB.
-_EMPTY_RECORD_RUN = re.compile(rb"(?:[\x00-\x7f]\x00){8,4096}", re.DOTALL)
+# A run of short records (one-byte kind and length, payload of at most 3 bytes): a
+# crafted image can hold millions of them. A run is handled in C, not record by record,
+# in matches of at most 4096 records (the regex engine keeps state per repetition: one
+# match over 24 MiB held 800 MB): its kinds are counted, the first few findings placed,
+# and its PADDING and DATA_VERBATIM payloads kept as one region that the pointer check
+# reads again only if a pointer lands in it. Any record may be empty; a non-empty one
+# is never a FILE or DIRECTORY (a name to read), nor in a file a DATA_POINTER (its
+# content), which the record-by-record path handles.
+_SHORT = rb"(?:\x00|\x01.|\x02..|\x03...)"
+_SHORT_RUN = {
+    in_file: re.compile(
+        rb"(?:[\x00-\x7f]\x00|[" + others + rb"](?:\x01.|\x02..|\x03...)){8,4096}", re.DOTALL
+    )
+    for in_file, others in ((False, rb"\x00-\x03\x06-\x7f"), (True, rb"\x00-\x02\x06-\x7f"))
+}
+_SHORT_RECORD = re.compile(rb"([\x00-\x7f])" + _SHORT, re.DOTALL)  # one record of a run
 # Kinds that mean the same in such a run, keyed by the first: (the kinds, a pattern).
 _KIND_CLASSES = {
     first: (members, re.compile(b"[" + re.escape(members) + b"]"))
@@ -503,20 +521,37 @@ _KIND_CLASSES = {
         (6, bytes(range(6, 0x80))),
     )
 }
+_BLOB_KINDS = bytes([KIND_PADDING, KIND_DATA_VERBATIM])
 
 
-def _empty_run(
+class _Run(NamedTuple):
+    end: int  # the position after the run
+    first_data: tuple[int, int] | None  # (size, offset) of its first DATA_VERBATIM
+    data_records: int  # DATA_VERBATIM records, and in a file empty DATA_POINTERs
+
+
+def _short_run(
     walk: _Walk, pos: int, end: int, parent: RomfsEntry | None, in_file: bool
-) -> tuple[int, int, int] | None:
-    """Account at once for a run of empty two-byte records starting at `pos`, if there is
-    one. Returns (position after the run, offset of the first empty DATA_VERBATIM payload
-    or -1, number of data records), for a file's bookkeeping; None when no run is there."""
-    run = _EMPTY_RECORD_RUN.match(walk.buf, pos, end)
+) -> _Run | None:
+    """Account at once for a run of short records starting at `pos`, if there is one;
+    None when no run is there."""
+    run = _SHORT_RUN[in_file].match(walk.buf, pos, end)
     if run is None:
         return None
     run_start, run_end = run.span()
-    kinds = walk.buf[run_start:run_end:2]
-    first_data, data_records = -1, 0
+    kinds = b"".join(_SHORT_RECORD.findall(walk.buf, run_start, run_end))
+    first_data, data_records = None, 0
+    records: list[tuple[int, int, int]] | None = None  # (kind, offset, size), when needed
+
+    def placed() -> list[tuple[int, int, int]]:
+        nonlocal records
+        if records is None:
+            records = [
+                (walk.buf[m.start()], m.start(), m.end() - m.start() - 2)
+                for m in _SHORT_RECORD.finditer(walk.buf, run_start, run_end)
+            ]
+        return records
+
     for key, (members, pattern) in _KIND_CLASSES.items():
         count = len(kinds) - len(kinds.translate(None, members))
         if not count:
@@ -524,19 +559,33 @@ def _empty_run(
         if key == KIND_DATA_VERBATIM or (key == KIND_DATA_POINTER and in_file):
             data_records += count
         if key == KIND_DATA_VERBATIM:
-            first_data = run_start + 2 * kinds.index(members) + 2
+            index = kinds.index(members)
+            _, offset, size = placed()[index]
+            first_data = (size, offset + 2)
         meaning = _meaning(key, in_file, empty=True)
         if meaning is None:
             continue
         code, severity, message = meaning
         shown = min(count, max(0, walk.log.cap - walk.log.counts[code]))
         for found in itertools.islice(pattern.finditer(kinds), shown):
+            kind, offset, size = placed()[found.start()]
             if key == 6:
-                code, severity, message = _unknown(kinds[found.start()])
-            walk.add(code, severity, message, parent, run_start + 2 * found.start())
+                code, severity, message = _unknown(kind)
+            walk.add(code, severity, message, parent, offset)
         if count > shown:
             walk.log.note(code, severity, count - shown)
-    return run_end, first_data, data_records
+    if kinds.translate(None, _BLOB_KINDS) != kinds:
+        walk.add_short_run(run_start, run_end)
+    return _Run(run_end, first_data, data_records)
+
+
+def short_run_blobs(buf: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """The non-empty PADDING and DATA_VERBATIM payloads of a run, as (start, end)."""
+    return [
+        (m.start() + 2, m.end())
+        for m in _SHORT_RECORD.finditer(buf, start, end)
+        if buf[m.start()] in _BLOB_KINDS and m.end() > m.start() + 2
+    ]
 
 
 def _meaning(kind: int, in_file: bool, *, empty: bool) -> _Meaning:
@@ -567,10 +616,10 @@ def _walk_records(walk: _Walk) -> None:
         pos, end, parent = frame.pos, frame.end, frame.entry
         descend: _Frame | None = None
         while pos < end and descend is None:
-            if pos + 1 < end and buf[pos + 1] == 0:
-                run = _empty_run(walk, pos, end, parent, in_file=False)
+            if pos + 1 < end and buf[pos + 1] <= 3:
+                run = _short_run(walk, pos, end, parent, in_file=False)
                 if run is not None:
-                    pos = run[0]
+                    pos = run.end
                     continue
             record = _read_record(walk, pos, end, parent, "directory")
             if record is None:
@@ -668,13 +717,13 @@ def _read_file(
     data_records = 0
     pos = start
     while pos < end:
-        if pos + 1 < end and buf[pos + 1] == 0:
-            run = _empty_run(walk, pos, end, entry, in_file=True)
+        if pos + 1 < end and buf[pos + 1] <= 3:
+            run = _short_run(walk, pos, end, entry, in_file=True)
             if run is not None:
-                pos, first_data, count = run
-                data_records += count
-                if content is None and first_data >= 0:
-                    content = (0, first_data, "verbatim")
+                pos = run.end
+                data_records += run.data_records
+                if content is None and run.first_data is not None:
+                    content = (*run.first_data, "verbatim")
                 continue
         record = _read_record(walk, pos, end, entry, "file")
         if record is None:
@@ -749,22 +798,46 @@ def _read_pointer(
 def _check_pointers(walk: _Walk) -> None:
     """romfs §8.8: a file's content through a pointer should lie inside one data or
     padding payload, not across record headers. The payloads are disjoint and in
-    image order, so one binary search per file decides."""
+    image order, so one binary search per file decides; the pointers landing in runs of
+    short records are decided run by run, each run's payloads read once."""
     starts, ends = walk.blob_starts, walk.blob_ends
-    for entry in walk.entries:
+    run_starts, run_ends = walk.run_starts, walk.run_ends
+    outside: list[int] = []  # indices into walk.entries
+    in_runs: list[tuple[int, int, int, int]] = []  # (run, target, size, index)
+    for index, entry in enumerate(walk.entries):
         if entry.data_kind != "pointer" or not entry.size:
             continue
         assert entry.data_offset is not None
         target, size = entry.data_offset, entry.size
-        index = bisect_right(starts, target) - 1
-        if index < 0 or target + size > ends[index]:
-            walk.add(
-                "ROMFS_POINTER_OVERLAP",
-                Severity.WARNING,
-                f"data at 0x{target:x}+{size} overlaps record headers",
-                entry,
-                entry.record_offset,
-            )
+        blob = bisect_right(starts, target) - 1
+        if blob >= 0 and target + size <= ends[blob]:
+            continue
+        run = bisect_right(run_starts, target) - 1
+        if run >= 0 and target < run_ends[run]:
+            in_runs.append((run, target, size, index))
+        else:
+            outside.append(index)
+    in_runs.sort()
+    read = -1
+    blob_starts: list[int] = []
+    blob_ends: list[int] = []
+    for run, target, size, index in in_runs:
+        if run != read:
+            blobs = short_run_blobs(walk.buf, run_starts[run], run_ends[run])
+            blob_starts, blob_ends = [a for a, _ in blobs], [b for _, b in blobs]
+            read = run
+        blob = bisect_right(blob_starts, target) - 1
+        if blob < 0 or target + size > blob_ends[blob]:
+            outside.append(index)
+    for index in sorted(outside):
+        entry = walk.entries[index]
+        walk.add(
+            "ROMFS_POINTER_OVERLAP",
+            Severity.WARNING,
+            f"data at 0x{entry.data_offset:x}+{entry.size} overlaps record headers",
+            entry,
+            entry.record_offset,
+        )
 
 
 def _check_alignment(walk: _Walk, rules: Sequence[AlignmentRule]) -> None:

@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mpremote.romfs import VfsRomWriter
 
+from ae3tools import romfs
 from ae3tools.board import Role, partition_for_role
 from ae3tools.findings import Ae3Error, Severity
 from ae3tools.romfs import (
     OPENMV_ALIGNMENT,
     AlignmentRule,
+    RomfsImage,
     build_romfs,
     encode_vint,
     extract,
@@ -399,3 +401,57 @@ def test_mutated_images_only_produce_findings(
             extract(bytes(image), parsed, dest)
         for path in dest.rglob("*"):
             assert dest.resolve() in path.resolve().parents
+
+
+# ------------------------------------------------------------------ runs of short records
+
+# Records a crafted image repeats by the million: any one-byte kind, up to 3 payload bytes.
+short_records = st.builds(rec, st.integers(0, 0x7F), st.binary(max_size=3))
+file_children = st.lists(
+    st.one_of(
+        short_records,
+        st.builds(lambda data: rec(2, data), st.binary(max_size=6)),
+        st.builds(lambda size, offset: rec(3, encode_vint(size) + encode_vint(offset)),
+                  st.integers(0, 40), st.integers(0, 600)),
+    ),
+    max_size=30,
+)  # fmt: skip
+
+
+def directory_children(depth: int) -> st.SearchStrategy[list[bytes]]:
+    item = st.one_of(
+        short_records,
+        st.builds(lambda name, kids: named(5, name, *kids), st.binary(min_size=1, max_size=3),
+                  file_children),
+        *( [st.builds(lambda name, kids: named(4, name, *kids), st.binary(min_size=1, max_size=3),
+                      directory_children(depth - 1))] if depth else [] ),
+    )  # fmt: skip
+    return st.lists(item, max_size=30)
+
+
+def _record_by_record(monkeypatch: pytest.MonkeyPatch, image: bytes) -> RomfsImage:
+    with monkeypatch.context() as patched:
+        patched.setattr(romfs, "_short_run", lambda *args, **kwargs: None)
+        return parse_romfs(image)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(directory_children(2), st.integers(8, 40))
+def test_runs_of_short_records_read_as_record_by_record(
+    monkeypatch: pytest.MonkeyPatch, children: list[bytes], repeat: int
+) -> None:
+    """The run fast path (regex, in C) and the plain walk agree on every entry and every
+    finding, wherever runs start and end, inside files and directories, with pointers
+    landing in their payloads."""
+    run = b"".join(children[:3]) * repeat  # long enough to make runs
+    image = fs(*children, run, named(5, b"f", run, rec(3, b"\x02\x05")), *children)
+    fast, slow = parse_romfs(image), _record_by_record(monkeypatch, image)
+    assert fast.entries == slow.entries
+    # The same findings; a run reports its kinds one after the other, so only the order
+    # of different codes may differ (each code's first few, and its count, are the same).
+    assert sorted(fast.findings, key=repr) == sorted(slow.findings, key=repr)
+    for code in {f.code for f in fast.findings}:
+        assert [f for f in fast.findings if f.code == code] == [
+            f for f in slow.findings if f.code == code
+        ]
