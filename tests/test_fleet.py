@@ -290,6 +290,10 @@ def test_station_log_must_be_writable(cli, tmp_path: Path, bundle: Path) -> None
                  *virtual(tmp_path / "a"), *ZERO)  # fmt: skip
     assert result.code == 2 and "does not exist" in result.err
     assert not (tmp_path / "a").exists()  # refused before any camera was touched
+    before = bundle.read_bytes()
+    result = cli("flash", bundle, "--station", "--log", bundle, *virtual(tmp_path / "a"), *ZERO)
+    assert result.code == 2 and "also an input" in result.err
+    assert bundle.read_bytes() == before
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ import typer
 from ae3tools.board import BOOTLOADER_PID, USB_VID
 from ae3tools.cli.common import emit_json, err, out, styled
 from ae3tools.cli.target import Target, shut
-from ae3tools.fileio import file_sha256
+from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
@@ -252,6 +252,8 @@ def flash_many(
         "bundle_sha256": file_sha256(bundle),
         "firmware": firmware_versions(images),
     }
+    if log is not None:
+        refuse_output_over_input(log, [bundle, *target.virtual])
     run_log = RunLog(log, bundle_fields) if log is not None else None
     events = EventStream() if json_progress else None
     started = time.monotonic()

@@ -229,14 +229,13 @@ class Target:
         return Selector(self.serial, self.path, self.port)
 
     def selectors(self) -> list[Selector]:
-        """The cameras a many-camera command picks: one selector per --serial and per
-        --path; none given, every camera (one selector that matches all)."""
+        """The cameras a many-camera command picks: one selector per --serial, --path and
+        --port; none given, every camera (one selector that matches all)."""
         from ae3tools.reach import Selector
 
-        if self.port is not None:
-            raise UsageError("--port names one running camera: use --serial to pick several")
         picked = [Selector(serial=s) for s in self.serials]
         picked += [Selector(path=p) for p in self.paths]
+        picked += [Selector(port=self.port)] if self.port is not None else []
         return picked or [Selector()]
 
     def backend(self) -> Any:
