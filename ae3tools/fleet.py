@@ -154,6 +154,17 @@ class CameraResult:
         return self.camera.serial or "?"
 
     @property
+    def verified(self) -> bool:
+        """Flashed, and every written block read back equal (not with --no-verify)."""
+        return self.ok and all(r.verified for r in self.images)
+
+    @property
+    def outcome(self) -> str:
+        if not self.ok:
+            return "failed"
+        return "flashed and verified" if self.verified else "flashed (not read back)"
+
+    @property
     def written(self) -> int:
         return sum(r.written for r in self.images)
 
@@ -166,6 +177,7 @@ class CameraResult:
             **self.camera.as_dict(),
             "serial": self.serial,
             "ok": self.ok,
+            "verified": self.verified,
             "seconds": round(self.seconds, 3),
             "device": self.device.as_dict() if self.device else None,
             "was_running": self.was_running.as_dict() if self.was_running else None,

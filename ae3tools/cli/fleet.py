@@ -143,7 +143,7 @@ class _Row:
 def result_line(result: CameraResult) -> str:
     if result.ok:
         return (
-            f"{result.camera.label}: flashed and verified in {result.seconds:.1f} s "
+            f"{result.camera.label}: {result.outcome} in {result.seconds:.1f} s "
             f"({result.written} of {result.blocks} blocks written; {result.after})"
         )
     return f"{result.camera.label}: FAILED after {result.seconds:.1f} s: {result.error}"
@@ -188,9 +188,7 @@ def results_table(results: Sequence[CameraResult]) -> Any:
     for column in ("camera", "found as", "result", "written", "seconds"):
         table.add_column(column, justify="right" if column in ("written", "seconds") else "left")
     for r in results:
-        verdict = (
-            styled("flashed and verified", "green") if r.ok else styled(r.error or "failed", "red")
-        )
+        verdict = styled(r.outcome, "green") if r.ok else styled(r.error or "failed", "red")
         table.add_row(
             r.camera.label,
             f"{r.camera.state} {r.camera.where}",
@@ -291,9 +289,9 @@ def flash_many(
         if results and not station:
             out.print(results_table(results))
         failed = f"; {report['failed']} failed" if report["failed"] else ""
+        how = "flashed and verified" if all(r.verified for r in results if r.ok) else "flashed"
         out.print(
-            f"{report['flashed']} of {len(results)} cameras flashed and verified in "
-            f"{report['seconds']} s{failed}"
+            f"{report['flashed']} of {len(results)} cameras {how} in {report['seconds']} s{failed}"
         )
     if not report["ok"]:
         raise typer.Exit(1)
