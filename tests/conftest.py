@@ -3,11 +3,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from ae3tools.bundle import ReleaseInfo, inputs_from_directory, write_bundle
 from ae3tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +40,24 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample release (fixtures/good) as a bundle: the device tests flash it."""
+    path = tmp_path_factory.mktemp("sample") / "bundle.zip"
+    write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="test"))
+    return path
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Whether `condition` holds within `seconds`, looking every 10 ms."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.fixture

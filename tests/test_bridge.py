@@ -322,13 +322,12 @@ def test_dfu_util_users_no_longer_replug(tmp_path: Path) -> None:
     assert result.stdout.split() == ["0", "8"]  # none while running; then eight alt settings
 
 
-def test_many_camera_flash_on_real_libusb_and_pyserial(tmp_path: Path) -> None:
+def test_many_camera_flash_on_real_libusb_and_pyserial(tmp_path: Path, bundle: Path) -> None:
     """The many-camera path (a worker thread per camera, the log, the event stream) on
     real libusb and pyserial's discovery. One camera: umockdev's preload library is not
     safe for USB from two threads at once (the process's heap is corrupted), so the
     station, which looks at the bus while workers flash, is rehearsed in process."""
-    memory, bundle, log = tmp_path / "cam", tmp_path / "bundle.zip", tmp_path / "line.jsonl"
-    write_bundle(bundle, inputs_from_directory(GOOD), ReleaseInfo())
+    memory, log = tmp_path / "cam", tmp_path / "line.jsonl"
     result = bridge(
         memory, AE3TOOLS, "flash", bundle, "--all", "--log", log, "--json-progress",
         options=("--mode", "app"),

@@ -41,13 +41,6 @@ def zero_cost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AE3TOOLS_VIRTUAL_FAULTS", raising=False)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("flash") / "bundle.zip"
-    write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="test"))
-    return path
-
-
 def assert_memory_holds(camera: Path, images: list[BundleImage]) -> None:
     for image in images:
         stored = partition_image(camera, image.role).read_bytes()

@@ -13,17 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from ae3tools.bundle import (
     BundleImage,
-    ReleaseInfo,
-    inputs_from_directory,
     read_bundle,
-    write_bundle,
 )
 from ae3tools.camera.application import FIRMWARES
 from ae3tools.camera.virtual import VirtualCamera, virtual_ports
@@ -40,16 +34,9 @@ from ae3tools.fleet import (
     flash_cameras,
 )
 from ae3tools.identity import application_serial
-from tests.conftest import FIXTURES
+from tests.conftest import eventually
 
 ZERO = ("--virtual-timing", "zero")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("fleet") / "bundle.zip"
-    write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="fleet"))
-    return path
 
 
 def holds(camera: Path, images: list[BundleImage]) -> bool:
@@ -62,15 +49,6 @@ def holds(camera: Path, images: list[BundleImage]) -> bool:
 
 def virtual(*cameras: Path) -> list[str]:
     return [part for camera in cameras for part in ("--virtual", str(camera))]
-
-
-def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # ------------------------------------------------------------------ the virtual cameras

@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ae3tools.bundle import ReleaseInfo, inputs_from_directory, write_bundle
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import ROOT
 
 # The child signals itself from inside the import of the command line (an import hook
 # fires when ae3tools.cli.common is loaded): a real SIGINT, at a known point of start-up.
@@ -40,11 +39,9 @@ def test_ctrl_c_during_start_up_is_one_line() -> None:
     assert result.stdout == ""
 
 
-def test_ctrl_c_while_waiting_for_a_camera_is_one_line(tmp_path: Path) -> None:
+def test_ctrl_c_while_waiting_for_a_camera_is_one_line(tmp_path: Path, bundle: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_VIRTUAL")}
     command = [sys.executable, "-m", "ae3tools", "devices", "--virtual", str(tmp_path / "cam")]
-    bundle = tmp_path / "bundle.zip"
-    write_bundle(bundle, inputs_from_directory(FIXTURES / "good"), ReleaseInfo())
     waiting = subprocess.Popen(
         [sys.executable, "-m", "ae3tools", "flash", str(bundle), "--virtual", str(tmp_path / "cam"),
          "--wait-timeout", "60", "--virtual-plug-delay", "600", "--json"],

@@ -10,14 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import serial
 
-from ae3tools.bundle import ReleaseInfo, inputs_from_directory, read_bundle, write_bundle
+from ae3tools.bundle import read_bundle
 from ae3tools.camera.application import FIRMWARES
 from ae3tools.camera.virtual import VirtualCamera, virtual_ports
 from ae3tools.dfu.flash import flash_images
@@ -28,7 +26,7 @@ from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import UsageError
 from ae3tools.identity import NO_SERIAL_BOOTLOADER, application_serial
 from ae3tools.reach import Selector, reach_bootloader
-from tests.conftest import FIXTURES
+from tests.conftest import eventually
 
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")
 MODES = list(FIRMWARES)
@@ -40,22 +38,6 @@ def zero_cost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AE3TOOLS_VIRTUAL_TIMING", "zero")
     for name in ("AE3TOOLS_VIRTUAL_FAULTS", "AE3TOOLS_VIRTUAL_MODE", "AE3TOOLS_VIRTUAL_BOOTLOADER"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("reboot") / "bundle.zip"
-    write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="t"))
-    return path
-
-
-def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def camera(mode: str = "app", bootloader: str = "1.0.3", **kwargs: object) -> VirtualCamera:
