@@ -539,7 +539,10 @@ def _short_run(
     if run is None:
         return None
     run_start, run_end = run.span()
-    kinds = b"".join(_SHORT_RECORD.findall(walk.buf, run_start, run_end))
+    if (run_end - run_start) % 2 == 0 and not walk.buf[run_start + 1 : run_end : 2].strip(b"\0"):
+        kinds = walk.buf[run_start:run_end:2]  # empty records only: a kind every two bytes
+    else:
+        kinds = b"".join(_SHORT_RECORD.findall(walk.buf, run_start, run_end))
     first_data, data_records = None, 0
     records: list[tuple[int, int, int]] | None = None  # (kind, offset, size), when needed
 
