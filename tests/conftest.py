@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,13 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sample") / "bundle.zip"
     write_bundle(path, inputs_from_directory(FIXTURES / "good"), ReleaseInfo(version="test"))
     return path
+
+
+def interruptible() -> None:
+    """A child's Ctrl-C back to the default (`preexec_fn`): started from a background job
+    of a script, as CI may start the suite, a process inherits SIGINT ignored, and a
+    Python child then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:

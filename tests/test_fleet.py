@@ -34,7 +34,7 @@ from ae3tools.fleet import (
     flash_cameras,
 )
 from ae3tools.identity import application_serial
-from tests.conftest import eventually
+from tests.conftest import eventually, interruptible
 
 ZERO = ("--virtual-timing", "zero")
 
@@ -204,6 +204,7 @@ def _station(bundle: Path, log: Path, *args: object) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
 
 

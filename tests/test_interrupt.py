@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, interruptible
 
 # The child signals itself from inside the import of the command line (an import hook
 # fires when ae3tools.cli.common is loaded): a real SIGINT, at a known point of start-up.
@@ -32,7 +32,11 @@ main()
 
 def test_ctrl_c_during_start_up_is_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", DURING_IMPORT], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", DURING_IMPORT],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=interruptible,
     )
     assert result.returncode == 130
     assert result.stderr == "ae3tools: interrupted\n"
@@ -46,6 +50,7 @@ def test_ctrl_c_while_waiting_for_a_camera_is_one_line(tmp_path: Path, bundle: P
         [sys.executable, "-m", "ae3tools", "flash", str(bundle), "--virtual", str(tmp_path / "cam"),
          "--wait-timeout", "60", "--virtual-plug-delay", "600", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=interruptible,
     )  # fmt: skip
     try:
         # The camera is claimed once the command runs: a second process is refused then.
