@@ -16,6 +16,7 @@ from ae3tools.cli.common import (
     JsonOption,
     app,
     emit_json,
+    emit_json_streaming,
     finding_rows,
     out,
     print_columns,
@@ -208,24 +209,25 @@ def romfs_ls(
     digests = file_digests(data, parsed.entries)
     header = parsed.header
     if as_json:
-        emit_json(
+        emit_json_streaming(
             {
                 "image": source,
                 "ok": parsed.ok,
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
-                "entries": [
+                "entries": (
                     _entry_json(e, d) for e, d in zip(parsed.entries, digests, strict=True)
-                ],
+                ),
                 **finding_rows(parsed.findings),
-            }
+            },
+            "entries",
         )
     else:
         out.print(source)
         print_columns(
             ("path", "size", "offset", "align", "sha256"),
-            (_entry_row(e, d) for e, d in zip(parsed.entries, digests, strict=True)),
+            lambda: (_entry_row(e, d) for e, d in zip(parsed.entries, digests, strict=True)),
             right=("size", "align"),
         )
         if header:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import typer
@@ -98,6 +99,23 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
+    """emit_json for an object whose `streamed` value is an iterable of very many items
+    (a crafted ROMFS lists millions): each item is encoded and written on its own, so
+    the whole document never exists as one string."""
+    write = sys.stdout.write
+    for index, (key, item) in enumerate(value.items()):
+        write(("{\n" if index == 0 else ",\n") + f"  {json.dumps(key)}: ")
+        if key != streamed:
+            write(json.dumps(item, indent=2).replace("\n", "\n  "))
+            continue
+        write("[")
+        for count, element in enumerate(item):
+            write(("\n    " if count == 0 else ",\n    ") + json.dumps(element))
+        write("\n  ]")
+    write("\n}\n" if value else "{}\n")
+
+
 def finding_rows(findings: Sequence[Finding]) -> dict[str, list[dict[str, str]]]:
     return {
         "errors": [f.as_dict() for f in findings if f.severity is Severity.ERROR],
@@ -125,17 +143,22 @@ def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
 
 
 def print_columns(
-    headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Sequence[str] = ()
+    headers: Sequence[str],
+    rows: Callable[[], Iterable[Sequence[str]]],
+    *,
+    right: Sequence[str] = (),
 ) -> None:
     """A plain aligned table, written straight to stdout.
 
-    For listings that can run to a hundred thousand rows (a ROMFS image), where a rich
-    Table costs minutes; cells are escaped like everything else printed.
+    For listings that can run to millions of rows (a crafted ROMFS image), where a rich
+    Table costs minutes: `rows` is called twice, once to measure the columns and once to
+    print, so no row is kept. Cells are escaped like everything else printed.
     """
-    table = [list(headers), *([printable(cell) for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    widths = [len(h) for h in headers]
+    for row in rows():
+        widths = [max(w, len(printable(cell))) for w, cell in zip(widths, row, strict=True)]
     aligned = [str.rjust if h in right else str.ljust for h in headers]
     write = sys.stdout.write
-    for row in table:
-        cells = [align(c, w) for align, c, w in zip(aligned, row, widths, strict=True)]
+    for row in itertools.chain([headers], rows()):
+        cells = [align(printable(c), w) for align, c, w in zip(aligned, row, widths, strict=True)]
         write("  ".join(cells).rstrip() + "\n")
