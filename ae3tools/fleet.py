@@ -105,12 +105,11 @@ def attached_cameras(
     arriving (one that has no serial reads as all zeros, §1.3), and the next look sees it.
     """
     devices = find_bootloaders(backend)
-    serials = (cache or SerialCache()).serials(devices)
-    found = [
-        FoundCamera(BOOTLOADER, path, serial)
-        for path, serial in ((device_path(d), s) for d, s in zip(devices, serials, strict=True))
-        if serial is not None and any(s.names_bootloader(path, serial) for s in selectors)
-    ]
+    found = []
+    for device, serial in zip(devices, (cache or SerialCache()).serials(devices), strict=True):
+        path = device_path(device)
+        if serial is not None and any(s.names_bootloader(path, serial) for s in selectors):
+            found.append(FoundCamera(BOOTLOADER, path, serial))
     found += [
         FoundCamera(APPLICATION, p.device, p.serial)
         for p in ports()
