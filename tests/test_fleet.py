@@ -9,6 +9,7 @@ SIGINT, with cameras plugged and unplugged by `ae3tools virtual` from outside.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -73,6 +74,14 @@ def test_one_virtual_bus_holds_every_camera(cli, tmp_path: Path) -> None:
         application_serial(virtual_serial(d)) for d in (a, b)
     )
     assert len({r["port"] for r in rows}) == 2
+
+
+def test_the_environment_names_several_cameras(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AE3TOOLS_VIRTUAL", f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}")
+    rows = json.loads(cli("devices", "--json").out)["devices"]
+    assert sorted(r["serial"] for r in rows) == sorted(
+        virtual_serial(tmp_path / name) for name in ("a", "b")
+    )
 
 
 def test_the_same_directory_twice_is_a_usage_error(cli, tmp_path: Path, bundle: Path) -> None:

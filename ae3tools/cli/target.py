@@ -37,7 +37,7 @@ VirtualOption = typer.Option(
     metavar="DIR",
     help="Use a virtual AE3 whose memory lives in DIR (one file per partition), "
     "instead of USB. Repeat for several cameras on one bus, each with a serial of its "
-    "own. Also AE3TOOLS_VIRTUAL (DIRs separated by spaces).",
+    "own. Also AE3TOOLS_VIRTUAL (several DIRs separated by the path separator, : or ;).",
 )
 TimingOption = typer.Option(
     "realistic",
