@@ -241,7 +241,7 @@ def test_station_flashes_each_camera_once_per_plug(tmp_path: Path, bundle: Path)
         time.sleep(1.0)  # ten looks at the bus: both cameras are back, running, not re-plugged
         assert len(_lines(log)) == 2
         _ae3tools("virtual", "unplug", a)
-        time.sleep(0.5)
+        time.sleep(2.0)  # a human's replug: the station (a look every 0.1 s) sees it gone
         _ae3tools("virtual", "plug", a)
         assert eventually(lambda: len(_lines(log)) == 3)
     finally:
