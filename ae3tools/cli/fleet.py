@@ -320,10 +320,11 @@ def _run_once(
             "(repeatable), or flash them all with --all"
         )
     if missing or not cameras:
-        named = ", ".join(s.describe() for s in missing if s.given) or "any camera"
+        named = ", ".join(s.describe() for s in missing if s.given)
+        wanted = f" for {named}" if named else ""
         others = f" ({len(cameras)} others found, none flashed)" if cameras else ""
         raise DeviceError(
-            f"no AE3 found for {named} within {target.wait_timeout:g} s{others}",
+            f"no AE3 found{wanted} within {target.wait_timeout:g} s{others}",
             hint="Plug the cameras in (or press reset) while this command waits; "
             "use --wait-timeout to wait longer.",
         )
