@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ae3tools.bundle import (
-    BundleImage,
-    read_bundle,
-)
+import pytest
+
+from ae3tools.bundle import BundleImage, read_bundle
 from ae3tools.camera.application import FIRMWARES
 from ae3tools.camera.virtual import VirtualCamera, virtual_ports
 from ae3tools.dfu.protocol import LATEST_BOOTLOADER
@@ -341,3 +340,25 @@ def test_the_station_asks_each_enumeration_for_its_serial_once(tmp_path: Path) -
         assert camera.stats.control_transfers > asked
     finally:
         backend.shutdown()
+
+
+def test_a_camera_stays_this_process_between_sessions(tmp_path: Path, bundle: Path) -> None:
+    """A station ends one session after another on the same camera: in between, no
+    other process may take it (a real camera stays on this host's bus)."""
+    from ae3tools.camera.virtual import virtual_bus
+    from ae3tools.dfu.virtual import CameraInUse
+
+    backend = virtual_bus([tmp_path / "a"], timing=Timing.zero())
+    try:
+        (camera,) = attached_cameras(backend, list)
+        (result,) = flash_cameras(
+            Worker(backend, list, FlashJob(tuple(read_bundle(bundle)))), [camera]
+        )
+        assert result.ok
+        with pytest.raises(CameraInUse):
+            DeviceMemory(tmp_path / "a").claim()
+    finally:
+        backend.shutdown()
+    other = DeviceMemory(tmp_path / "a")
+    other.claim()  # free once the process lets it go
+    other.release()
