@@ -93,9 +93,14 @@ class BusMirror:
         self.ttys = 0
         self.tty_node: str | None = None
 
-    def _add(self, device: Any, attributes: dict[str, str]) -> None:
+    def _add(self, device: Any, attributes: dict[str, str], handler: Any = None) -> None:
         self.devnum += 1
         self.node = node_of(self.devnum)
+        if handler is not None:
+            # Before the node exists: a client that opens it at once (libusb scanning the
+            # bus) must find the ioctl socket there, or umockdev's preload aborts it.
+            self.handler = handler
+            self.testbed.attach_ioctl(self.node, handler)
         attributes = {"busnum": str(BUS), "devnum": str(self.devnum), **attributes}
         self.testbed.add_from_string(usb_record(SYSPATH, self.devnum, device, attributes))
         # umockdev writes A: attributes without the trailing newline libusb expects.
@@ -113,9 +118,8 @@ class BusMirror:
                 "speed": "480",
                 "bConfigurationValue": "1",
             },
+            handler=_Handler(UsbfsBridge(device, self.trace)),
         )
-        self.handler = _Handler(UsbfsBridge(device, self.trace))
-        self.testbed.attach_ioctl(self.node, self.handler)
         self.testbed.uevent(SYSPATH, "add")
 
     def serve_application(self, app: Any, on_gone: Any) -> PtyPort:
