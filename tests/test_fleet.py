@@ -362,3 +362,16 @@ def test_a_camera_stays_this_process_between_sessions(tmp_path: Path, bundle: Pa
     other = DeviceMemory(tmp_path / "a")
     other.claim()  # free once the process lets it go
     other.release()
+
+
+def test_many_camera_options_that_contradict_are_usage_errors(
+    cli, tmp_path: Path, bundle: Path
+) -> None:
+    cam = virtual(tmp_path / "a")
+    for args, says in (
+        (("--all", "--station"), "give one"),
+        (("--count", "2"), "--count goes with --station"),
+        (("--station", "--log", tmp_path), "is a directory"),
+    ):
+        result = cli("flash", bundle, *args, *cam, *ZERO, "--json")
+        assert result.code == 2 and says in json.loads(result.out)["error"], args
