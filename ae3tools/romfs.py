@@ -15,7 +15,7 @@ import re
 import stat
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -54,6 +54,13 @@ OPENMV_RECORD_HEADER_SIZE = 8
 
 # The largest image any ROMFS partition holds (ROMFS0, romfs §6); a build stops there.
 MAX_ROMFS_SIZE = max(p.size for p in PARTITIONS if p.role in ROMFS_ROLES)
+
+# A crafted 24 MiB image can hold millions of records, and the reader spends
+# microseconds of Python on each record it reads one by one (runs of short records are
+# read in C and not counted). Past this many, the walk stops with an error, so listing
+# or verifying any input costs seconds at most. A real image has two records per file
+# and one per directory; `romfs build` refuses a tree that would need more.
+MAX_RECORDS = 250_000
 
 _NOT_PAD = re.compile(b"[^\x80]")
 
@@ -126,6 +133,9 @@ class AlignmentRule:
         return cls(pattern, alignment)
 
 
+# An entry's alignment is reported up to this (offset 0 is aligned to anything).
+MAX_SHOWN_ALIGNMENT = 1 << 16
+
 # romfs §8.14: OpenMV asks for 16 for .tflite (zero-copy model use) and defaults to 4.
 OPENMV_ALIGNMENT: tuple[AlignmentRule, ...] = (
     AlignmentRule("*.tflite", 16),
@@ -145,22 +155,77 @@ def alignment_for(name: str, rules: Sequence[AlignmentRule]) -> int:
 # Names are shown escaped: printable ASCII as is (a backslash doubled), every other byte
 # as \xNN. Two different names never look alike, and no name can drive a terminal.
 _PLAIN_BYTES = bytes(range(0x20, 0x5C)) + bytes(range(0x5D, 0x7F))
+_ESCAPES = {b: f"\\x{b:02x}" for b in range(256) if bytes([b]) not in _PLAIN_BYTES}
+_ESCAPES[0x5C] = "\\\\"
+
+# A name may be megabytes long, and is shown in the path of every entry below it: a
+# name longer than this (raw, or escaped) is shown by its first bytes, its length and
+# its record's offset, which no other entry shares. 255 is what host file systems take.
+_LONG_NAME = 255
+_LONG_NAME_KEPT = 48
 
 
-def show_name(raw: bytes) -> str:
-    """A ROMFS name as ae3tools prints it: unambiguous and free of control characters."""
+def escape_name(raw: bytes) -> str:
+    """A name's bytes as text that is unambiguous and free of control characters."""
     if not raw.translate(None, _PLAIN_BYTES):
         return raw.decode("ascii")
-    return "".join(
-        "\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw
-    )
+    return raw.decode("latin-1").translate(_ESCAPES)
 
 
-# A crafted image can nest directories a hundred thousand levels deep: every full path
-# kept or printed would cost time and memory quadratic in the depth. Entries keep the
-# first and last few levels; deeper paths are shown with the middle elided.
-_HEAD_LEVELS = 8
-_TAIL_LEVELS = 8
+def show_name(raw: bytes, record_offset: int) -> str:
+    """A ROMFS name as ae3tools prints it: escaped, and short (see _LONG_NAME)."""
+    if len(raw) <= _LONG_NAME:
+        shown = escape_name(raw)
+        if len(shown) <= _LONG_NAME:
+            return shown
+    kept = escape_name(raw[:_LONG_NAME_KEPT])
+    return f"{kept}\u2026[{len(raw)}-byte name @ 0x{record_offset:x}]"
+
+
+# A crafted image can nest directories a hundred thousand levels deep, under names of
+# hundreds of bytes: every full path kept or printed would cost time and memory
+# quadratic in the input. A path is shown by its first and last few levels, each side
+# at most _PATH_SIDE_LEVELS names and (past its first name) _PATH_SIDE_CHARS characters,
+# the middle elided. Nothing path-like is stored per entry.
+_PATH_SIDE_LEVELS = 8
+_PATH_SIDE_CHARS = 256
+
+
+def _side(names: Sequence[str], limit: int) -> int:
+    """How many of `names` (from one end of a path, `limit` at most) fit one side: at
+    least one."""
+    names = names[: min(limit, _PATH_SIDE_LEVELS)]
+    if sum(map(len, names)) + len(names) <= _PATH_SIDE_CHARS:
+        return len(names)  # the usual case, decided in C
+    count, chars = 0, 0
+    for name in names:
+        chars += len(name) + 1
+        if count and chars > _PATH_SIDE_CHARS:
+            break
+        count += 1
+    return count
+
+
+def _path_head(head: Sequence[str], depth: int) -> tuple[int, str]:
+    """The levels a shown path starts with, and their text, from the first names."""
+    first = _side(head, depth)
+    return first, "/" + "/".join(head[:first])
+
+
+def _path_rest(head: tuple[int, str], tail: Sequence[str], depth: int) -> str:
+    """A shown path from its head and the shown names of its last levels, nearest first."""
+    first, text = head
+    last = _side(tail, depth - first)
+    hidden = depth - first - last
+    middle = f"/\u2026[{hidden} levels]\u2026" if hidden else ""
+    return text + middle + ("/" + "/".join(reversed(tail[:last])) if last else "")
+
+
+def elided_path(head: Sequence[str], tail: Sequence[str], depth: int) -> str:
+    """The shown path of an entry `depth` levels deep from the shown names of its first
+    levels (`head`, root first) and its last (`tail`, the entry first), each side at
+    least _PATH_SIDE_LEVELS long or the whole path."""
+    return _path_rest(_path_head(head, depth), tail, depth)
 
 
 class RomfsEntry(NamedTuple):
@@ -168,7 +233,7 @@ class RomfsEntry(NamedTuple):
 
     A named tuple, not a dataclass: a crafted image holds millions of entries, and a
     tuple is the cheapest object Python builds. The path is not stored: `parent` links
-    to the directory, and `head` (the first levels' path) is shared with it.
+    to the directory, and `top` to the ancestor where a shown path's head ends.
     """
 
     raw_name: bytes  # the name's bytes in the image
@@ -179,7 +244,7 @@ class RomfsEntry(NamedTuple):
     data_kind: str | None = None  # file: "verbatim" or "pointer"
     parent: RomfsEntry | None = None
     depth: int = 1  # 1 for an entry of the root directory
-    head: str = ""  # the path of this entry's first _HEAD_LEVELS levels
+    top: RomfsEntry | None = None  # the ancestor _PATH_SIDE_LEVELS deep; None above that
 
     @classmethod
     def child(
@@ -191,16 +256,14 @@ class RomfsEntry(NamedTuple):
         size: int,
     ) -> RomfsEntry:
         if parent is None:
-            return cls(
-                raw_name, type, record_offset, size, None, None, None, 1, "/" + show_name(raw_name)
-            )
+            return cls(raw_name, type, record_offset, size)
         depth = parent.depth + 1
-        head = f"{parent.head}/{show_name(raw_name)}" if depth <= _HEAD_LEVELS else parent.head
-        return cls(raw_name, type, record_offset, size, None, None, parent, depth, head)
+        top = None if depth <= _PATH_SIDE_LEVELS else parent.top or parent
+        return cls(raw_name, type, record_offset, size, None, None, parent, depth, top)
 
     @property
     def name(self) -> str:
-        return show_name(self.raw_name)
+        return show_name(self.raw_name, self.record_offset)
 
     def lineage(self) -> Iterator[RomfsEntry]:
         """This entry, then each directory above it up to the root."""
@@ -209,25 +272,20 @@ class RomfsEntry(NamedTuple):
             yield entry
             entry = entry.parent
 
-    def _last_names(self, count: int) -> list[str]:
-        return [entry.name for entry in itertools.islice(self.lineage(), count)][::-1]
+    def _names_up(self, count: int) -> list[str]:
+        """The shown names of this entry and the levels above it, `count` at most."""
+        return [entry.name for entry in itertools.islice(self.lineage(), count)]
 
     @property
     def shown_path(self) -> str:
-        """The path as printed: exact up to 16 levels, the middle elided below that."""
-        if self.depth <= _HEAD_LEVELS:
-            return self.head
-        shown = min(self.depth - _HEAD_LEVELS, _TAIL_LEVELS)
-        hidden = self.depth - _HEAD_LEVELS - shown
-        middle = f"/\u2026[{hidden} levels]\u2026" if hidden else ""
-        return self.head + middle + "".join("/" + n for n in self._last_names(shown))
+        """The path as printed: exact when short, its middle elided when deep or long."""
+        head = (self.top or self)._names_up(_PATH_SIDE_LEVELS)[::-1]
+        return elided_path(head, self._names_up(_PATH_SIDE_LEVELS), self.depth)
 
     @property
     def path(self) -> str:
-        """The full path ("/lib/mod.py"), names escaped; costs the depth for deep ones."""
-        if self.depth <= _HEAD_LEVELS + _TAIL_LEVELS:
-            return self.shown_path
-        return "/" + "/".join(self._last_names(self.depth))
+        """The full path ("/lib/mod.py"), names shown; costs the depth for deep ones."""
+        return "/" + "/".join(self._names_up(self.depth)[::-1])
 
     def parts(self) -> list[bytes]:
         """The raw names from the root down to this entry."""
@@ -239,8 +297,35 @@ class RomfsEntry(NamedTuple):
         if self.data_offset is None:
             return None
         if self.data_offset == 0:
-            return 1 << 16
-        return min(self.data_offset & -self.data_offset, 1 << 16)
+            return MAX_SHOWN_ALIGNMENT
+        return min(self.data_offset & -self.data_offset, MAX_SHOWN_ALIGNMENT)
+
+
+def shown_paths(entries: Iterable[RomfsEntry]) -> Iterator[str]:
+    """Each entry's shown_path, for a listing of many: entries in image order (each
+    directory just before its subtree, as parse_romfs lists them) reuse the names of
+    the levels above, so each costs its own name, whatever the depth."""
+    names: list[str] = []  # the shown names of the last entry's levels, root first
+    chain: list[RomfsEntry] = []  # the entries of those levels
+    top: RomfsEntry | None = None  # the deep entries' top level, and their head:
+    head = (0, "")
+    for entry in entries:
+        depth = entry.depth
+        if depth > len(chain) + 1 or (depth > 1 and chain[depth - 2] is not entry.parent):
+            yield entry.shown_path  # not in image order: the entry alone says its path
+            continue
+        del names[depth - 1 :], chain[depth - 1 :]
+        names.append(entry.name)
+        chain.append(entry)
+        tail = names[: -_PATH_SIDE_LEVELS - 1 : -1]
+        if depth <= _PATH_SIDE_LEVELS:
+            path = "/" + "/".join(names)
+            # Short enough, it is what elided_path gives: nothing to elide.
+            yield path if len(path) <= _PATH_SIDE_CHARS + 1 else elided_path(names, tail, depth)
+            continue
+        if entry.top is not top:  # the first entry under a new top: its head, once
+            top, head = entry.top, _path_head(names[:_PATH_SIDE_LEVELS], depth)
+        yield _path_rest(head, tail, depth)
 
 
 @dataclass(frozen=True)
@@ -316,6 +401,21 @@ class _Walk:
     run_ends: array[int] = field(default_factory=lambda: array("q"))
     padded_records: int = 0
     record_header_sizes: set[int] = field(default_factory=set)
+    records: int = 0  # read one by one, against MAX_RECORDS
+    stopped_at: int | None = None  # where the walk gave up at MAX_RECORDS
+
+    def stop(self, pos: int, parent: RomfsEntry | None) -> None:
+        """Give up at the record at `pos`, one too many (the finding is made once)."""
+        if self.stopped_at is None:
+            self.stopped_at = pos
+            self.add(
+                "ROMFS_TOO_MANY_RECORDS",
+                Severity.ERROR,
+                f"more than {MAX_RECORDS} records: ae3tools stops reading here, and lists or "
+                "checks nothing after this point (its bound on crafted images)",
+                parent,
+                pos,
+            )
 
     def add(
         self, code: str, severity: Severity, message: str, where: RomfsEntry | None, offset: int
@@ -380,6 +480,7 @@ def parse_romfs(
 
     walk = _Walk(buf, header, FindingLog(kept=findings))
     _walk_records(walk)
+    _check_pointers(walk)
     _check_alignment(walk, alignment)
     _check_conventions(walk, partition)
     return RomfsImage(len(buf), header, tuple(walk.entries), tuple(walk.log.result()), _guess(walk))
@@ -434,18 +535,24 @@ def _read_record(
     """Read the record header at `pos` inside a region ending at `end`.
 
     Returns (kind, payload start, payload end), or None after a finding when it does
-    not fit its parent: nothing after a broken record can be located.
+    not fit its parent (nothing after a broken record can be located) or is one record
+    too many.
     """
-    buf = walk.buf
-    if pos + 1 < end and buf[pos] < 0x80 and buf[pos + 1] < 0x80:  # one-byte vints
-        kind, body = buf[pos], pos + 2
-        if body + buf[pos + 1] <= end:
-            if kind in (KIND_FILE, KIND_DIRECTORY):
-                walk.record_header_sizes.add(2)
-            return kind, body, body + buf[pos + 1]
+    walk.records += 1
+    if walk.records > MAX_RECORDS:
+        walk.stop(pos, parent)
+        return None
+    buf = walk.buf  # callers read while pos < end
+    kind, body, kind_pads = buf[pos], pos + 1, 0
+    if kind < 0x80 and body < end and buf[body] < 0x80 and body + 1 + buf[body] <= end:
+        # One-byte kind and length, the usual case.
+        if kind in (KIND_FILE, KIND_DIRECTORY):
+            walk.record_header_sizes.add(2)
+        return kind, body + 1, body + 1 + buf[body]
     try:
-        kind, body, kind_pads = read_vint(walk.buf, pos, end)
-        length, body, length_pads = read_vint(walk.buf, body, end)
+        if kind >= 0x80:
+            kind, body, kind_pads = read_vint(buf, pos, end)
+        length, body, length_pads = read_vint(buf, body, end)
     except _Overrun:
         walk.add(
             "ROMFS_RECORD_OVERRUN",
@@ -619,6 +726,8 @@ def _walk_records(walk: _Walk) -> None:
         pos, end, parent = frame.pos, frame.end, frame.entry
         descend: _Frame | None = None
         while pos < end and descend is None:
+            if walk.stopped_at is not None:
+                return
             if pos + 1 < end and buf[pos + 1] <= 3:
                 run = _short_run(walk, pos, end, parent, in_file=False)
                 if run is not None:
@@ -654,17 +763,19 @@ def _walk_records(walk: _Walk) -> None:
             stack.append(descend)
         elif pos >= end:
             stack.pop()
-    _check_pointers(walk)
 
 
 def _read_name(
     walk: _Walk, parent: _Frame, offset: int, start: int, end: int
 ) -> tuple[bytes, int] | None:
     """romfs §8.6 and §8.10: the name at the start of a FILE or DIRECTORY payload."""
-    try:
-        name_len, pos, _ = read_vint(walk.buf, start, end)
-    except _Overrun:
-        name_len, pos = VINT_LIMIT, end
+    if start < end and walk.buf[start] < 0x80:  # a one-byte vint, the usual case
+        name_len, pos = walk.buf[start], start + 1
+    else:
+        try:
+            name_len, pos, _ = read_vint(walk.buf, start, end)
+        except _Overrun:
+            name_len, pos = VINT_LIMIT, end
     if pos + name_len > end:
         walk.add(*_NO_NAME, parent.entry, offset)
         return None
@@ -676,32 +787,33 @@ def _read_name(
 
 
 def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
-    """The findings a name can earn (the common, plain name earns none)."""
-    shown = show_name(raw)
-    here = f"{parent.entry.shown_path if parent.entry else ''}/{shown} @ 0x{offset:x}"
+    """The findings a name can earn (the common, plain name earns none). Texts are
+    built only for the findings kept: a crafted image has millions of odd names."""
+
+    def here() -> str:
+        above = parent.entry.shown_path if parent.entry else ""
+        return f"{above}/{show_name(raw, offset)} @ 0x{offset:x}"
 
     def add(code: str, severity: Severity, message: str) -> None:
-        walk.log.report(code, severity, message, here)
+        walk.log.report(code, severity, lambda: message.format(show_name(raw, offset)), here)
 
     if not raw:
         add("ROMFS_NAME_EMPTY", Severity.ERROR, "empty name: no path can reach it")
     elif b"/" in raw or b"\0" in raw or raw in (b".", b".."):
-        add(
-            "ROMFS_NAME_INVALID", Severity.ERROR, f"name '{shown}' is '.', '..' or holds '/' or NUL"
-        )
+        add("ROMFS_NAME_INVALID", Severity.ERROR, "name '{}' is '.', '..' or holds '/' or NUL")
     elif _CONTROL.search(raw):
         add(
             "ROMFS_NAME_CONTROL",
             Severity.WARNING,
-            f"name '{shown}' holds control characters (shown escaped)",
+            "name '{}' holds control characters (shown escaped)",
         )
     elif not raw.isascii():
-        add("ROMFS_NAME_NOT_ASCII", Severity.WARNING, f"name '{shown}' is not ASCII")
+        add("ROMFS_NAME_NOT_ASCII", Severity.WARNING, "name '{}' is not ASCII")
     if parent.has(raw):
         add(
             "ROMFS_NAME_DUPLICATE",
             Severity.ERROR,
-            f"second entry named '{shown}' here: opening it returns the first",
+            "second entry named '{}' here: opening it returns the first",
         )
 
 
@@ -815,6 +927,8 @@ def _check_pointers(walk: _Walk) -> None:
         blob = bisect_right(starts, target) - 1
         if blob >= 0 and target + size <= ends[blob]:
             continue
+        if walk.stopped_at is not None and target + size > walk.stopped_at:
+            continue  # into what the walk did not reach: not known either way
         run = bisect_right(run_starts, target) - 1
         if run >= 0 and target < run_ends[run]:
             in_runs.append((run, target, size, index))
@@ -847,7 +961,7 @@ def _check_alignment(walk: _Walk, rules: Sequence[AlignmentRule]) -> None:
     for entry in walk.entries:
         if entry.data_offset is None or not entry.size:
             continue
-        wanted = alignment_for(entry.name, rules)
+        wanted = alignment_for(escape_name(entry.raw_name), rules)
         if entry.data_offset % wanted:
             walk.add(
                 "ROMFS_MISALIGNED",
@@ -921,10 +1035,11 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
     if parsed.header is None:
         raise Ae3Error("not a mountable ROMFS image")
     root = dest.resolve()
+    root.mkdir(parents=True, exist_ok=True)
     buf = memoryview(image)
     written: list[Path] = []
     written_ids: set[tuple[int, int]] = set()
-    done: set[tuple[bytes, ...]] = set()
+    done: set[tuple[int, bytes]] = set()  # (id() of the parent, name) of entries seen
     refused: set[int] = set()  # id() of directories not written: their children follow
     log = FindingLog()
 
@@ -938,6 +1053,9 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
             lambda: _where(entry, entry.record_offset),
         )
 
+    # The directories above the current entry, (entry, its target), root first: entries
+    # come in image order, so each costs its own name whatever its depth.
+    chain: list[tuple[RomfsEntry | None, Path]] = [(None, root)]
     for entry in parsed.entries:
         if entry.parent is not None and id(entry.parent) in refused:
             skip(entry, "inside a directory that was not extracted")
@@ -945,21 +1063,26 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
         if entry.depth > MAX_EXTRACT_DEPTH:
             skip(entry, f"nested {entry.depth} levels deep, more than {MAX_EXTRACT_DEPTH}")
             continue
-        parts = tuple(entry.parts())
-        if any(p in (b"", b".", b"..") or b"/" in p or b"\0" in p for p in parts):
-            skip(entry, "its path holds an invalid name")
+        raw = entry.raw_name
+        if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw:
+            skip(entry, "its name is empty, '.', '..' or holds '/' or NUL")
             continue
-        if parts in done:
+        if (id(entry.parent), raw) in done:
             skip(entry, "a second entry of that name; the reader only ever opens the first")
             continue
-        done.add(parts)
-        target = root.joinpath(*(os.fsdecode(p) for p in parts))
-        if root not in target.resolve().parents:
-            skip(entry, "its path leads outside the destination")
+        done.add((id(entry.parent), raw))
+        del chain[entry.depth :]
+        above, folder = chain[-1]
+        if above is not entry.parent:  # not in image order: the entry alone says where
+            folder = root.joinpath(*(os.fsdecode(p) for p in entry.parts()[:-1]))
+        target = folder / os.fsdecode(raw)
+        if target.is_symlink():
+            skip(entry, f"{target} is a symbolic link, which extract does not follow")
             continue
         try:
             if entry.type == "dir":
-                target.mkdir(parents=True, exist_ok=True)
+                target.mkdir(exist_ok=True)
+                chain.append((entry, target))
                 continue
             if target.exists():
                 identity = (target.stat().st_dev, target.stat().st_ino)
@@ -968,7 +1091,6 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
                     continue
                 if not force:
                     raise Ae3Error(f"{target}: already exists (use --force to overwrite)")
-            target.parent.mkdir(parents=True, exist_ok=True)
             assert entry.data_offset is not None
             target.write_bytes(buf[entry.data_offset : entry.data_offset + entry.size])
         except OSError as exc:
@@ -1021,6 +1143,7 @@ def _layout(
     stack: list[tuple[Iterator[tuple[bytes, Path, bool]], int]] = [
         (iter(_sorted_children(source)), -1)
     ]
+    records = 0
     while stack:
         children, header_at = stack[-1]
         child = next(children, None)
@@ -1033,6 +1156,12 @@ def _layout(
                 )
             continue
         name, path, is_dir = child
+        records += 1 if is_dir else 2  # a directory; a file and its data
+        if records >= MAX_RECORDS:  # and the parity pad: what parse_romfs reads
+            raise Ae3Error(
+                f"{source}: more than {MAX_RECORDS} records at {path}; ae3tools reads no more "
+                "than that in one image"
+            )
         name_field = encode_vint(len(name)) + name
         record_at = len(image)
         if is_dir:

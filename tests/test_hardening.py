@@ -12,14 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ae3tools import romfs
 from ae3tools.board import RAM_REGIONS, Role, partition_for_role
 from ae3tools.dfu.virtual import CameraInUse, DeviceMemory, VirtualAE3
 from ae3tools.dfu_suffix import SIGNATURE
 from ae3tools.fileio import write_atomic
-from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError
+from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError, Severity
 from ae3tools.intel_hex import parse_hex
-from ae3tools.romfs import build_romfs, extract, parse_romfs
+from ae3tools.romfs import build_romfs, encode_vint, extract, parse_romfs, shown_paths
 from tests.conftest import FIXTURES, ROOT
 from tests.test_romfs import file, fs, named, rec
 
@@ -109,6 +112,119 @@ def test_build_of_a_very_deep_tree_does_not_recurse(tmp_path: Path) -> None:
         while here != tmp_path:
             here.rmdir()
             here = here.parent
+
+
+def _few_records(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Lower the record cap so a small image shows what a crafted 24 MiB one does."""
+    monkeypatch.setattr(romfs, "MAX_RECORDS", count)
+
+
+def test_the_walk_stops_at_the_record_cap_with_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _few_records(monkeypatch, 50)
+
+    # A pointer to data the walk never reaches is not judged; files past the cap are
+    # neither listed nor reported as having no data.
+    def pointer_to(target: int) -> bytes:
+        return named(5, b"p", rec(3, encode_vint(4) + encode_vint(target)))
+
+    files = [file(f"f{i}".encode(), b"x") for i in range(60)]
+    # late data's payload, from the FILESYSTEM payload's start (two-byte vints either way)
+    target = len(pointer_to(1000)) + len(b"".join(files)) + 2
+    pointer = pointer_to(target)
+    parsed = parse_romfs(fs(pointer, *files, rec(2, b"late data")))
+    (stop,) = [f for f in parsed.findings if f.code == "ROMFS_TOO_MANY_RECORDS"]
+    assert stop.severity is Severity.ERROR and not parsed.ok
+    assert len(parsed.files) == 25  # the pointer file and 24 more: 50 records
+    assert parsed.header is not None
+    record_51 = parsed.header.payload_start + len(pointer) + sum(map(len, files[:24]))
+    assert stop.location == f"/ @ 0x{record_51:x}"
+    assert {f.code for f in parsed.findings} == {"ROMFS_TOO_MANY_RECORDS", "ROMFS_ODD_SIZE"}
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [b"\x80\x01\x00", b"\x81\x00\x00", b"\x01\x04abcd", b"\x04\x02\x01d"],
+    ids=["padded kind", "two-byte kind", "4-byte padding", "empty directories"],
+)
+def test_every_record_read_one_by_one_counts(monkeypatch: pytest.MonkeyPatch, unit: bytes) -> None:
+    """Records the run fast path does not take are the ones the cap is for: a 24 MiB
+    image of them took 23 to 37 s before it (scripts/bench_hostile.py)."""
+    _few_records(monkeypatch, 100)
+    for count, stopped in ((100, False), (101, True)):
+        codes = {f.code for f in parse_romfs(fs(unit * count)).findings}
+        assert ("ROMFS_TOO_MANY_RECORDS" in codes) is stopped
+
+
+def test_build_refuses_a_tree_past_the_record_cap(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _few_records(monkeypatch, 10)
+    for index in range(4):  # 8 records, and a pad: what the reader reads
+        (tmp_path / f"f{index}").write_bytes(b"x")
+    assert parse_romfs(build_romfs(tmp_path)).ok
+    (tmp_path / "f4").write_bytes(b"x")
+    with pytest.raises(Ae3Error, match=r"more than 10 records at .*f4; ae3tools reads no more"):
+        build_romfs(tmp_path)
+
+
+def test_long_names_are_shown_short_and_stay_apart(tmp_path: Path, cli) -> None:
+    """A 200 KB name above 2000 files cost 2 GB and 12 s when every path spelled it."""
+    files = [file(f"{i:04}".encode(), b"") for i in range(2000)]
+    middle_a, middle_b = b"a" * 150 + b"1" + b"a" * 150, b"a" * 150 + b"2" + b"a" * 150
+    image = fs(named(4, b"n" * 200_000, *files), file(middle_a, b"a"), file(middle_b, b"b"))
+    path = tmp_path / "long.img"
+    path.write_bytes(image)
+    listing = json.loads(cli("romfs", "ls", "--json", path).out)["entries"]
+    assert len(listing) == 2003
+    shown = "/" + "n" * 48 + "\u2026[200000-byte name @ 0x6]"  # after a 3-byte length
+    assert listing[0]["path"] == shown
+    assert listing[1]["path"] == listing[0]["path"] + "/0000"
+    assert listing[-2]["path"] != listing[-1]["path"]  # alike in what is shown, but the offset
+    assert max(len(e["path"]) for e in listing) < 100
+
+
+# Trees deep enough to elide by levels, with names long enough to elide by characters.
+_names = st.one_of(st.binary(min_size=1, max_size=4), st.binary(min_size=60, max_size=300))
+_chains = st.lists(st.tuples(_names, st.lists(_names, max_size=2)), min_size=1, max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_chains)
+def test_a_listing_shows_each_entry_as_the_entry_shows_itself(
+    chain: list[tuple[bytes, list[bytes]]],
+) -> None:
+    """shown_paths (each name shown once, for listings) and RomfsEntry.shown_path (each
+    entry alone) agree, in image order or not, and no shown path grows with the input."""
+    record = b""
+    for directory, files in reversed(chain):
+        record = named(4, directory, *(file(name, b"") for name in files), record)
+    entries = parse_romfs(fs(record)).entries
+    alone = [entry.shown_path for entry in entries]
+    assert list(shown_paths(entries)) == alone
+    assert list(shown_paths(entries[::-1])) == alone[::-1]
+    assert max(map(len, alone)) < 2 * (romfs._PATH_SIDE_CHARS + 4 * romfs._LONG_NAME) + 40
+    for entry, shown in zip(entries, alone, strict=True):
+        if "levels]" not in shown:
+            assert shown == entry.path
+
+
+def test_extract_is_linear_and_does_not_follow_symlinks(tmp_path: Path) -> None:
+    record = file(b"bottom", b"deep")
+    for level in range(200):
+        record = named(4, b"d", file(f"f{level}".encode(), b"x"), record)
+    image = fs(record, named(4, b"lib", file(b"passwd", b"owned")))
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "lib").symlink_to(elsewhere)
+    result = extract(image, parse_romfs(image), out)
+    assert len(result.written) == 201
+    assert (out / Path(*["d"] * 200) / "bottom").read_bytes() == b"deep"
+    assert list(elsewhere.iterdir()) == []
+    assert [f.message for f in result.skipped] == [
+        f"not extracted: {out / 'lib'} is a symbolic link, which extract does not follow",
+        "not extracted: inside a directory that was not extracted",
+    ]
 
 
 # ------------------------------------------------------------------ names shown and extracted

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -38,6 +39,7 @@ from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.key import make_key_file
 from ae3tools.romfs import (
+    MAX_SHOWN_ALIGNMENT,
     OPENMV_ALIGNMENT,
     REQUIRED_ALIGNMENT,
     AlignmentRule,
@@ -46,6 +48,7 @@ from ae3tools.romfs import (
     extract,
     file_digests,
     parse_romfs,
+    shown_paths,
 )
 
 romfs_app = typer.Typer(
@@ -107,9 +110,9 @@ def keygen(
 # ----------------------------------------------------------------------------- romfs
 
 
-def _entry_json(entry: RomfsEntry, digest: str | None) -> dict[str, Any]:
+def _entry_json(entry: RomfsEntry, path: str, digest: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "path": entry.shown_path,
+        "path": path,
         "type": entry.type,
         "size": entry.size,
         "record_offset": entry.record_offset,
@@ -119,15 +122,28 @@ def _entry_json(entry: RomfsEntry, digest: str | None) -> dict[str, Any]:
     return row
 
 
-def _entry_row(entry: RomfsEntry, digest: str | None) -> list[str]:
+def _entry_row(entry: RomfsEntry, path: str, digest: str | None) -> list[str]:
     if entry.type == "dir":
-        return [entry.shown_path + "/", "", "", "", ""]
+        return ["", "", "", "", path + "/"]
     return [
-        entry.shown_path,
         str(entry.size),
         f"0x{entry.data_offset or 0:08x}",
         str(entry.alignment),
         (digest or "")[:16],
+        path,
+    ]
+
+
+def _entry_columns(entries: Sequence[RomfsEntry]) -> list[tuple[str, int]]:
+    """The listing's columns with their widths, from the largest values (one cheap pass)."""
+    size = max((e.size for e in entries if e.type == "file"), default=0)
+    offset = max((e.data_offset or 0 for e in entries), default=0)
+    return [
+        ("size", len(str(size))),
+        ("offset", len(f"0x{offset:08x}")),
+        ("align", len(str(MAX_SHOWN_ALIGNMENT))),
+        ("sha256", 16),
+        ("path", 0),
     ]
 
 
@@ -208,6 +224,10 @@ def romfs_ls(
     )
     digests = file_digests(data, parsed.entries)
     header = parsed.header
+
+    def listing() -> Iterator[tuple[RomfsEntry, str, str | None]]:
+        return zip(parsed.entries, shown_paths(parsed.entries), digests, strict=True)
+
     if as_json:
         emit_json_streaming(
             {
@@ -216,9 +236,7 @@ def romfs_ls(
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
-                "entries": (
-                    _entry_json(e, d) for e, d in zip(parsed.entries, digests, strict=True)
-                ),
+                "entries": itertools.starmap(_entry_json, listing()),
                 **finding_rows(parsed.findings),
             },
             "entries",
@@ -226,8 +244,8 @@ def romfs_ls(
     else:
         out.print(source)
         print_columns(
-            ("path", "size", "offset", "align", "sha256"),
-            lambda: (_entry_row(e, d) for e, d in zip(parsed.entries, digests, strict=True)),
+            _entry_columns(parsed.entries),
+            itertools.starmap(_entry_row, listing()),
             right=("size", "align"),
         )
         if header:

@@ -6,7 +6,7 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import typer
@@ -143,22 +143,27 @@ def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
 
 
 def print_columns(
-    headers: Sequence[str],
-    rows: Callable[[], Iterable[Sequence[str]]],
+    columns: Sequence[tuple[str, int]],
+    rows: Iterable[Sequence[str]],
     *,
     right: Sequence[str] = (),
 ) -> None:
-    """A plain aligned table, written straight to stdout.
-
-    For listings that can run to millions of rows (a crafted ROMFS image), where a rich
-    Table costs minutes: `rows` is called twice, once to measure the columns and once to
-    print, so no row is kept. Cells are escaped like everything else printed.
+    """A plain table written straight to stdout in one pass, no row kept: for listings
+    of hundreds of thousands of rows (a crafted ROMFS image), where a rich Table costs
+    minutes. `columns` are (header, width): the caller knows how wide its values get.
+    The last column is free-form, as in `ls -l`, and not padded. Cells are escaped like
+    everything else printed.
     """
-    widths = [len(h) for h in headers]
-    for row in rows():
-        widths = [max(w, len(printable(cell))) for w, cell in zip(widths, row, strict=True)]
+    headers = [header for header, _ in columns]
+    widths = [max(width, len(header)) for header, width in columns]
     aligned = [str.rjust if h in right else str.ljust for h in headers]
     write = sys.stdout.write
-    for row in itertools.chain([headers], rows()):
-        cells = [align(printable(c), w) for align, c, w in zip(aligned, row, widths, strict=True)]
-        write("  ".join(cells).rstrip() + "\n")
+    for row in itertools.chain([headers], rows):
+        cells = _printable_cells(row)
+        write("  ".join([a(c, w) for a, c, w in zip(aligned, cells, widths, strict=True)]).rstrip())
+        write("\n")
+
+
+def _printable_cells(row: Sequence[str]) -> Sequence[str]:
+    """The row's cells as printable(): one search per row, as control characters are rare."""
+    return [printable(cell) for cell in row] if _CONTROL.search("".join(row)) else row
