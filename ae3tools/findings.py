@@ -90,12 +90,16 @@ class FindingLog:
         """Add a finding, building its message and location only if it is kept (past
         the cap a callable is not called: a location can cost the depth of a path, and
         a crafted image earns millions of findings)."""
-        if self.counts[code] >= self.cap:
+        if self.full(code):
             self.note(code, severity, 1)
         else:
             text = message if isinstance(message, str) else message()
             where = location if isinstance(location, str) else location()
             self.add(Finding(code, severity, text, where))
+
+    def full(self, code: str) -> bool:
+        """Whether findings of `code` are only counted from now on."""
+        return self.counts[code] >= self.cap
 
     def note(self, code: str, severity: Severity, count: int) -> None:
         """Count `count` findings of `code` without building them."""

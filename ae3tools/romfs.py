@@ -789,34 +789,46 @@ def _read_name(
 def _check_name(walk: _Walk, parent: _Frame, raw: bytes, offset: int) -> None:
     """The findings a name can earn (the common, plain name earns none). Texts are
     built only for the findings kept: a crafted image has millions of odd names."""
-
-    def here() -> str:
-        above = parent.entry.shown_path if parent.entry else ""
-        return f"{above}/{show_name(raw, offset)} @ 0x{offset:x}"
-
-    def add(code: str, severity: Severity, message: str) -> None:
-        walk.log.report(code, severity, lambda: message.format(show_name(raw, offset)), here)
-
+    found = []
     if not raw:
-        add("ROMFS_NAME_EMPTY", Severity.ERROR, "empty name: no path can reach it")
+        found.append(_NAME_EMPTY)
     elif b"/" in raw or b"\0" in raw or raw in (b".", b".."):
-        add("ROMFS_NAME_INVALID", Severity.ERROR, "name '{}' is '.', '..' or holds '/' or NUL")
+        found.append(_NAME_INVALID)
     elif _CONTROL.search(raw):
-        add(
-            "ROMFS_NAME_CONTROL",
-            Severity.WARNING,
-            "name '{}' holds control characters (shown escaped)",
-        )
+        found.append(_NAME_CONTROL)
     elif not raw.isascii():
-        add("ROMFS_NAME_NOT_ASCII", Severity.WARNING, "name '{}' is not ASCII")
+        found.append(_NAME_NOT_ASCII)
     if parent.has(raw):
-        add(
-            "ROMFS_NAME_DUPLICATE",
-            Severity.ERROR,
-            "second entry named '{}' here: opening it returns the first",
+        found.append(_NAME_DUPLICATE)
+    for code, severity, message in found:
+        if walk.log.full(code):
+            walk.log.note(code, severity, 1)
+            continue
+        shown = show_name(raw, offset)
+        above = parent.entry.shown_path if parent.entry else ""
+        walk.log.add(
+            Finding(code, severity, message.format(shown), f"{above}/{shown} @ 0x{offset:x}")
         )
 
 
+# What a name can earn: (code, severity, message with {} for the shown name).
+_NAME_EMPTY = ("ROMFS_NAME_EMPTY", Severity.ERROR, "empty name: no path can reach it")
+_NAME_INVALID = (
+    "ROMFS_NAME_INVALID",
+    Severity.ERROR,
+    "name '{}' is '.', '..' or holds '/' or NUL",
+)
+_NAME_CONTROL = (
+    "ROMFS_NAME_CONTROL",
+    Severity.WARNING,
+    "name '{}' holds control characters (shown escaped)",
+)
+_NAME_NOT_ASCII = ("ROMFS_NAME_NOT_ASCII", Severity.WARNING, "name '{}' is not ASCII")
+_NAME_DUPLICATE = (
+    "ROMFS_NAME_DUPLICATE",
+    Severity.ERROR,
+    "second entry named '{}' here: opening it returns the first",
+)
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # The bytes of a name that earns no finding by its bytes alone: printable ASCII, no '/'.
 _ORDINARY_BYTES = bytes(range(0x20, 0x2F)) + bytes(range(0x30, 0x7F))
@@ -879,19 +891,27 @@ def _read_file(
             offset,
         )
     size, data_offset, data_kind = content
-    walk.entries.append(entry._replace(size=size, data_offset=data_offset, data_kind=data_kind))
+    walk.entries.append(
+        RomfsEntry(
+            raw, "file", offset, size, data_offset, data_kind, entry.parent, entry.depth, entry.top
+        )
+    )
 
 
 def _read_pointer(
     walk: _Walk, entry: RomfsEntry, offset: int, start: int, end: int
 ) -> tuple[int, int] | None:
     """romfs §5 and §8.8: a DATA_POINTER is exactly two vints, size then offset."""
-    try:
-        size, pos, _ = read_vint(walk.buf, start, end)
-        relative, pos, _ = read_vint(walk.buf, pos, end)
-    except _Overrun:
-        pos = -1
-        size = relative = 0
+    buf = walk.buf
+    if end == start + 2 and buf[start] < 0x80 and buf[start + 1] < 0x80:  # one-byte vints
+        size, relative, pos = buf[start], buf[start + 1], end
+    else:
+        try:
+            size, pos, _ = read_vint(buf, start, end)
+            relative, pos, _ = read_vint(buf, pos, end)
+        except _Overrun:
+            pos = -1
+            size = relative = 0
     if pos != end or size >= VINT_LIMIT or relative >= VINT_LIMIT:
         walk.add(*_BAD_POINTER, entry, offset)
         return None

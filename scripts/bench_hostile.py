@@ -79,6 +79,22 @@ def repeated(unit: bytes) -> Callable[[int], bytes]:
     return make
 
 
+def empty_directories(size: int) -> bytes:
+    """Empty directories with 3-byte binary names: an entry and a name finding per 6 bytes."""
+    count = size // 6
+    return filesystem(b"".join(b"\x04\x04\x03" + i.to_bytes(3, "big") for i in range(count)))
+
+
+def long_name(size: int) -> bytes:
+    """One directory with a name of half the image, holding files that fill the rest:
+    each file's path spelled the name in full."""
+    name = b"n" * (size // 2)
+    files = b"".join(
+        record(5, bytes([len(n)]) + n + record(2, b"")) for n in names((size // 2) // 12)
+    )
+    return filesystem(record(4, encode_vint(len(name)) + name + files))
+
+
 def many_files(size: int) -> bytes:
     """A legitimate image: 100,000 files of about 220 bytes, in a few directories."""
     count = 100_000
@@ -99,7 +115,7 @@ def intel_hex(size: int) -> bytes:
 
     base = partition_for_role(Role.ROMFS0).cpu_address
     assert base is not None
-    data = repeated(b"\x01\x00")(size)
+    data = repeated(b"\x01\x00")(size - 16)  # the header too must fit the partition
     lines = []
     for offset in range(0, len(data), 16):
         address = base + offset
@@ -123,6 +139,11 @@ SHAPES: dict[str, tuple[Callable[[int], bytes], str]] = {
     "3-byte padding": (repeated(b"\x01\x01\x00"), "img"),
     "unknown kinds": (repeated(b"\x07\x00\x01\x00\x09\x01\x00"), "img"),
     "kind-0 records": (repeated(b"\x00\x00"), "img"),
+    "padded kinds": (repeated(b"\x80\x01\x00"), "img"),
+    "two-byte kinds": (repeated(b"\x81\x00\x00"), "img"),
+    "4-byte padding": (repeated(b"\x01\x04abcd"), "img"),
+    "empty directories": (empty_directories, "img"),
+    "long name": (long_name, "img"),
     "100,000 files": (many_files, "img"),
     "Intel HEX ROMFS0": (intel_hex, "hex"),
 }
