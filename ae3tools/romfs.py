@@ -222,9 +222,9 @@ def _path_rest(head: tuple[int, str], tail: Sequence[str], depth: int) -> str:
 
 
 def elided_path(head: Sequence[str], tail: Sequence[str], depth: int) -> str:
-    """The shown path of an entry `depth` levels deep from the shown names of its first
-    levels (`head`, root first) and its last (`tail`, the entry first), each side at
-    least _PATH_SIDE_LEVELS long or the whole path."""
+    """The shown path of an entry `depth` levels deep, from the shown names of its first
+    levels (`head`, root first) and of its last (`tail`, the entry first): each list
+    holds _PATH_SIDE_LEVELS names, or all of them when the path is shallower."""
     return _path_rest(_path_head(head, depth), tail, depth)
 
 
@@ -307,8 +307,8 @@ def shown_paths(entries: Iterable[RomfsEntry]) -> Iterator[str]:
     the levels above, so each costs its own name, whatever the depth."""
     names: list[str] = []  # the shown names of the last entry's levels, root first
     chain: list[RomfsEntry] = []  # the entries of those levels
-    top: RomfsEntry | None = None  # the deep entries' top level, and their head:
-    head = (0, "")
+    top: RomfsEntry | None = None  # deep entries share their head with their `top`:
+    head = (0, "")  # the head of the last deep entry's top
     for entry in entries:
         depth = entry.depth
         if depth > len(chain) + 1 or (depth > 1 and chain[depth - 2] is not entry.parent):
