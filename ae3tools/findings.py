@@ -81,21 +81,15 @@ class FindingLog:
             self.kept.append(finding)
 
     def report(
-        self,
-        code: str,
-        severity: Severity,
-        message: str | Callable[[], str],
-        location: str | Callable[[], str],
+        self, code: str, severity: Severity, message: str, location: str | Callable[[], str]
     ) -> None:
-        """Add a finding, building its message and location only if it is kept (past
-        the cap a callable is not called: a location can cost the depth of a path, and
-        a crafted image earns millions of findings)."""
+        """Add a finding, building its location only if it is kept (past the cap a
+        callable is not called: a location can cost the depth of a path)."""
         if self.full(code):
             self.note(code, severity, 1)
         else:
-            text = message if isinstance(message, str) else message()
             where = location if isinstance(location, str) else location()
-            self.add(Finding(code, severity, text, where))
+            self.add(Finding(code, severity, message, where))
 
     def full(self, code: str) -> bool:
         """Whether findings of `code` are only counted from now on."""

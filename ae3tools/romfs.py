@@ -873,6 +873,8 @@ def _read_file(
             meaning = _IN_FILE[kind] if kind < 0x80 else _meaning(kind, True, empty=False)
             if meaning is not None:
                 walk.add(*meaning, entry, record_start)
+    if walk.stopped_at is not None:
+        return  # one record too many, in this file: neither listed nor judged
     if content is None:
         walk.add(
             "ROMFS_FILE_NO_DATA",

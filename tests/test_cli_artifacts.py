@@ -90,6 +90,18 @@ def test_romfs_ls_json(cli) -> None:
     assert data["errors"] == [] and data["warnings"] == []
 
 
+def test_romfs_ls_table_puts_the_path_last(cli) -> None:
+    """Fixed-width columns first and the free-form path last, as `ls -l`: the table is
+    printed in one pass, however many entries and however long their paths."""
+    lines = cli("romfs", "ls", FIXTURES / "romfs" / "mpremote-nested.img").out.splitlines()
+    assert lines[1].split() == ["size", "offset", "align", "sha256", "path"]
+    rows = {line.split()[-1]: line for line in lines[2:-1]}
+    assert rows["/lib/"].lstrip() == "/lib/"
+    assert rows["/lib/mod.py"].split()[:3] == ["6", "0x0000001e", "2"]
+    column = lines[1].index("path")
+    assert all(line.index("/") == column for line in lines[2:-1])
+
+
 def test_romfs_ls_errors_and_usage(cli, tmp_path: Path) -> None:
     result = cli("romfs", "ls", FIXTURES / "bad" / "romfs0-truncated.img")
     assert result.code == 1 and "ROMFS_TRUNCATED" in result.out

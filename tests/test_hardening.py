@@ -119,11 +119,18 @@ def _few_records(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     monkeypatch.setattr(romfs, "MAX_RECORDS", count)
 
 
-def test_the_walk_stops_at_the_record_cap_with_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    _few_records(monkeypatch, 50)
+@pytest.mark.parametrize(
+    ("cap", "where", "into"),
+    [(50, "/", 0), (51, "/f24", len(b"\x05\x07\x03f24"))],  # f24's FILE record, its data
+    ids=["at a file", "inside a file"],
+)
+def test_the_walk_stops_at_the_record_cap_with_one_error(
+    monkeypatch: pytest.MonkeyPatch, cap: int, where: str, into: int
+) -> None:
+    """Records past the cap are not read: a file cut short is neither listed nor said to
+    have no data, and a pointer to data the walk never reached is not judged."""
+    _few_records(monkeypatch, cap)
 
-    # A pointer to data the walk never reaches is not judged; files past the cap are
-    # neither listed nor reported as having no data.
     def pointer_to(target: int) -> bytes:
         return named(5, b"p", rec(3, encode_vint(4) + encode_vint(target)))
 
@@ -134,10 +141,10 @@ def test_the_walk_stops_at_the_record_cap_with_one_error(monkeypatch: pytest.Mon
     parsed = parse_romfs(fs(pointer, *files, rec(2, b"late data")))
     (stop,) = [f for f in parsed.findings if f.code == "ROMFS_TOO_MANY_RECORDS"]
     assert stop.severity is Severity.ERROR and not parsed.ok
-    assert len(parsed.files) == 25  # the pointer file and 24 more: 50 records
+    assert len(parsed.files) == 25  # the pointer file and f0 to f23: two records each
     assert parsed.header is not None
-    record_51 = parsed.header.payload_start + len(pointer) + sum(map(len, files[:24]))
-    assert stop.location == f"/ @ 0x{record_51:x}"
+    f24 = parsed.header.payload_start + len(pointer) + sum(map(len, files[:24]))
+    assert stop.location == f"{where} @ 0x{f24 + into:x}"
     assert {f.code for f in parsed.findings} == {"ROMFS_TOO_MANY_RECORDS", "ROMFS_ODD_SIZE"}
 
 
