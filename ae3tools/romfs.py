@@ -1098,10 +1098,12 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
         if above is not entry.parent:  # not in image order: the entry alone says where
             folder = root.joinpath(*(os.fsdecode(p) for p in entry.parts()[:-1]))
         target = folder / os.fsdecode(raw)
-        if target.is_symlink():
-            skip(entry, f"{target} is a symbolic link, which extract does not follow")
-            continue
+        # Messages do not spell the target: the location names the entry, and its path
+        # on disk holds every name above it, each up to the image's size.
         try:
+            if target.is_symlink():
+                skip(entry, "a symbolic link is in its place, and extract does not follow links")
+                continue
             if entry.type == "dir":
                 target.mkdir(exist_ok=True)
                 chain.append((entry, target))
@@ -1109,14 +1111,14 @@ def extract(image: bytes, parsed: RomfsImage, dest: Path, *, force: bool = False
             if target.exists():
                 identity = (target.stat().st_dev, target.stat().st_ino)
                 if identity in written_ids:
-                    skip(entry, f"the file system folds its name onto {target}, written already")
+                    skip(entry, "the file system folds its name onto a file written already")
                     continue
                 if not force:
                     raise Ae3Error(f"{target}: already exists (use --force to overwrite)")
             assert entry.data_offset is not None
             target.write_bytes(buf[entry.data_offset : entry.data_offset + entry.size])
         except OSError as exc:
-            skip(entry, f"cannot write {target}: {exc.strerror or exc}")
+            skip(entry, f"cannot write it: {exc.strerror or exc}")
             continue
         stat_result = target.stat()
         written_ids.add((stat_result.st_dev, stat_result.st_ino))

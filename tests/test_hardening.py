@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ae3tools import romfs
@@ -24,7 +24,7 @@ from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError, Severity
 from ae3tools.intel_hex import parse_hex
 from ae3tools.romfs import build_romfs, encode_vint, extract, parse_romfs, shown_paths
 from tests.conftest import FIXTURES, ROOT
-from tests.test_romfs import file, fs, named, rec
+from tests.test_romfs import directory_children, file, fs, named, rec
 
 GOOD = FIXTURES / "good"
 ESC = "\x1b"
@@ -215,21 +215,60 @@ def test_a_listing_shows_each_entry_as_the_entry_shows_itself(
             assert shown == entry.path
 
 
+# Checks made after the walk (pointer overlap, alignment) see only the entries read.
+_AFTER_THE_WALK = {"ROMFS_TOO_MANY_RECORDS", "ROMFS_POINTER_OVERLAP", "ROMFS_MISALIGNED"}
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(directory_children(3), st.integers(1, 60))
+def test_a_walk_cut_at_the_cap_is_the_start_of_the_whole_walk(
+    monkeypatch: pytest.MonkeyPatch, children: list[bytes], cap: int
+) -> None:
+    """Stopping at the cap drops what follows and half-judges nothing: the entries are
+    the whole walk's first ones, and each finding the walk makes, the whole walk makes."""
+    image = fs(*children)
+    whole = parse_romfs(image)
+    with monkeypatch.context() as patched:  # one fixture for every example
+        patched.setattr(romfs, "MAX_RECORDS", cap)
+        cut = parse_romfs(image)
+    assert cut.entries == whole.entries[: len(cut.entries)]
+    if "ROMFS_TOO_MANY_RECORDS" not in {f.code for f in cut.findings}:
+        assert cut == whole
+        return
+    made = set(whole.findings)
+    for finding in cut.findings:
+        counted = finding.message.endswith("in all)")  # a capped code's count
+        assert finding.code in _AFTER_THE_WALK or counted or finding in made, finding
+
+
 def test_extract_is_linear_and_does_not_follow_symlinks(tmp_path: Path) -> None:
+    """Deep trees cost each entry its own name; a symlink in the destination is not
+    followed; a name the file system refuses (longer than 255 bytes) is reported, and
+    the rest is still written."""
     record = file(b"bottom", b"deep")
     for level in range(200):
         record = named(4, b"d", file(f"f{level}".encode(), b"x"), record)
-    image = fs(record, named(4, b"lib", file(b"passwd", b"owned")))
+    image = fs(
+        record,
+        named(4, b"lib", file(b"passwd", b"owned")),
+        named(4, b"n" * 300, file(b"inside", b"x")),
+        file(b"last", b"written"),
+    )
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
     (out / "lib").symlink_to(elsewhere)
     result = extract(image, parse_romfs(image), out)
-    assert len(result.written) == 201
+    assert len(result.written) == 202
     assert (out / Path(*["d"] * 200) / "bottom").read_bytes() == b"deep"
+    assert (out / "last").read_bytes() == b"written"
     assert list(elsewhere.iterdir()) == []
     assert [f.message for f in result.skipped] == [
-        f"not extracted: {out / 'lib'} is a symbolic link, which extract does not follow",
+        "not extracted: a symbolic link is in its place, and extract does not follow links",
+        "not extracted: inside a directory that was not extracted",
+        "not extracted: cannot write it: File name too long",
         "not extracted: inside a directory that was not extracted",
     ]
 
