@@ -99,6 +99,9 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+# Long listings are written in blocks of this many lines: a write per line is a tenth
+# of a 250,000-line listing.
+_LINES_PER_WRITE = 4096
 # json.dumps(element), less its per-call work (a quarter of a 250,000-entry listing's
 # encoding): streamed elements are plain data built by ae3tools, never circular.
 _encode_element = json.JSONEncoder(check_circular=False).encode
@@ -106,8 +109,8 @@ _encode_element = json.JSONEncoder(check_circular=False).encode
 
 def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
     """emit_json for an object whose `streamed` value is an iterable of very many items
-    (a crafted ROMFS lists millions): each item is encoded and written on its own, so
-    the whole document never exists as one string."""
+    (a crafted ROMFS lists 250,000): items are encoded one per line and written in
+    blocks, so the whole document never exists as one string."""
     write = sys.stdout.write
     for index, (key, item) in enumerate(value.items()):
         write(("{\n" if index == 0 else ",\n") + f"  {json.dumps(key)}: ")
@@ -115,8 +118,10 @@ def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
             write(json.dumps(item, indent=2).replace("\n", "\n  "))
             continue
         write("[")
-        for count, element in enumerate(item):
-            write(("\n    " if count == 0 else ",\n    ") + _encode_element(element))
+        elements, separator = iter(item), "\n    "
+        while chunk := [_encode_element(e) for e in itertools.islice(elements, _LINES_PER_WRITE)]:
+            write(separator + ",\n    ".join(chunk))  # a block of elements per write
+            separator = ",\n    "
         write("\n  ]")
     write("\n}\n" if value else "{}\n")
 
@@ -153,7 +158,7 @@ def print_columns(
     *,
     right: Sequence[str] = (),
 ) -> None:
-    """A plain table written straight to stdout in one pass, no row kept: for listings
+    """A plain table written to stdout in one pass, in blocks of lines: for listings
     of hundreds of thousands of rows (a crafted ROMFS image), where a rich Table costs
     minutes. `columns` are (header, width): the caller knows how wide its values get.
     The last column is free-form, as in `ls -l`, and not padded. Cells are escaped like
@@ -171,9 +176,6 @@ def print_columns(
         if len(lines) == _LINES_PER_WRITE:
             _write_lines(lines)
     _write_lines(lines)
-
-
-_LINES_PER_WRITE = 4096
 
 
 def _write_lines(lines: list[str]) -> None:
