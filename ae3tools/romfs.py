@@ -215,22 +215,23 @@ def _path_head(head: Sequence[str], depth: int) -> tuple[int, str]:
 
 
 def _path_rest(head: tuple[int, str], tail: Sequence[str], depth: int) -> str:
-    """A shown path from its head and the shown names of its last levels, nearest first."""
+    """A shown path from its head and the shown names of its last levels, root first."""
     first, text = head
-    last = _side(tail, depth - first)
-    hidden = depth - first - last
+    names = tail[max(0, len(tail) - (depth - first)) :]  # the levels the head leaves
+    shown = "/".join(names)
+    if len(shown) >= _PATH_SIDE_CHARS:  # long names: those that fit, nearest first
+        names = names[len(names) - _side(names[::-1], len(names)) :]
+        shown = "/".join(names)
+    hidden = depth - first - len(names)
     middle = f"/\u2026[{hidden} levels]\u2026" if hidden else ""
-    return text + middle + ("/" + "/".join(reversed(tail[:last])) if last else "")
+    return text + middle + ("/" + shown if names else "")
 
 
 def elided_path(head: Sequence[str], tail: Sequence[str], depth: int) -> str:
     """The shown path of an entry `depth` levels deep, from the shown names of its first
-    levels (`head`, root first) and of its last (`tail`, the entry first): each list
-    holds _PATH_SIDE_LEVELS names, or all of them when the path is shallower."""
+    levels and of its last, each list root first and holding _PATH_SIDE_LEVELS names,
+    or all of them when the path is shallower."""
     return _path_rest(_path_head(head, depth), tail, depth)
-
-
-_AT_THE_ROOT = (None, None, None, 1, None)  # RomfsEntry's last fields for a root entry
 
 
 class RomfsEntry(NamedTuple):
@@ -260,15 +261,11 @@ class RomfsEntry(NamedTuple):
         record_offset: int,
         size: int,
     ) -> RomfsEntry:
-        # tuple.__new__ directly: the named tuple's own __new__ is one more Python call
-        # per entry, and a crafted image has 250,000 of them.
         if parent is None:
-            return tuple.__new__(cls, (raw_name, type, record_offset, size, *_AT_THE_ROOT))
+            return cls(raw_name, type, record_offset, size)
         depth = parent.depth + 1
         top = None if depth <= _PATH_SIDE_LEVELS else parent.top or parent
-        return tuple.__new__(
-            cls, (raw_name, type, record_offset, size, None, None, parent, depth, top)
-        )
+        return cls(raw_name, type, record_offset, size, None, None, parent, depth, top)
 
     @property
     def name(self) -> str:
@@ -289,7 +286,7 @@ class RomfsEntry(NamedTuple):
     def shown_path(self) -> str:
         """The path as printed: exact when short, its middle elided when deep or long."""
         head = (self.top or self)._names_up(_PATH_SIDE_LEVELS)[::-1]
-        return elided_path(head, self._names_up(_PATH_SIDE_LEVELS), self.depth)
+        return elided_path(head, self._names_up(_PATH_SIDE_LEVELS)[::-1], self.depth)
 
     @property
     def path(self) -> str:
@@ -329,20 +326,11 @@ def shown_paths(entries: Iterable[RomfsEntry]) -> Iterator[str]:
         if depth <= _PATH_SIDE_LEVELS:
             path = "/" + "/".join(names)
             # Short enough, it is what elided_path gives: nothing to elide.
-            if len(path) <= _PATH_SIDE_CHARS + 1:
-                yield path
-            else:
-                yield elided_path(names, names[: -_PATH_SIDE_LEVELS - 1 : -1], depth)
+            yield path if len(path) <= _PATH_SIDE_CHARS + 1 else elided_path(names, names, depth)
             continue
         if entry.top is not top:  # the first entry under a new top: its head, once
             top, head = entry.top, _path_head(names[:_PATH_SIDE_LEVELS], depth)
-        first, text = head
-        tail = "/".join(names[-_PATH_SIDE_LEVELS:])
-        if depth - first > _PATH_SIDE_LEVELS and len(tail) < _PATH_SIDE_CHARS:
-            # What _path_rest gives when a whole tail fits its side, without its work.
-            yield f"{text}/\u2026[{depth - first - _PATH_SIDE_LEVELS} levels]\u2026/{tail}"
-        else:
-            yield _path_rest(head, names[: -_PATH_SIDE_LEVELS - 1 : -1], depth)
+        yield _path_rest(head, names[-_PATH_SIDE_LEVELS:], depth)
 
 
 @dataclass(frozen=True)
@@ -575,21 +563,11 @@ def _read_record(
         return None
     buf = walk.buf  # callers read while pos < end
     kind, body, kind_pads = buf[pos], pos + 1, 0
-    if kind < 0x80 and body < end and buf[body] != VINT_PAD:
-        # The usual case, read inline: a one-byte kind, an unpadded length of at most
-        # four bytes (under 2**28) that fits. Anything else takes the general path.
-        length, stop = 0, min(end, body + 4)
-        while body < stop:
-            byte = buf[body]
-            body += 1
-            length = length << 7 | byte & 0x7F
-            if byte < 0x80:
-                if body + length > end:
-                    break
-                if kind in (KIND_FILE, KIND_DIRECTORY):
-                    walk.record_header_sizes.add(body - pos)
-                return kind, body, body + length
-        body = pos + 1
+    if kind < 0x80 and body < end and buf[body] < 0x80 and body + 1 + buf[body] <= end:
+        # One-byte kind and length, the usual case.
+        if kind in (KIND_FILE, KIND_DIRECTORY):
+            walk.record_header_sizes.add(2)
+        return kind, body + 1, body + 1 + buf[body]
     try:
         if kind >= 0x80:
             kind, body, kind_pads = read_vint(buf, pos, end)
