@@ -8,6 +8,7 @@ contiguous runs, so time and memory are linear in the file with small constants.
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -33,8 +34,14 @@ def looks_like_hex(data: bytes) -> bool:
 
 
 def _records(data: bytes) -> list[tuple[int, bytearray]]:
-    """Contiguous runs (start address, bytes) of the data records, in file order."""
+    """Contiguous runs (start address, bytes) of the data records, in file order.
+
+    A ROMFS0-sized file has 1.5 million records: the loop does the least per record
+    (hex decoded from bytes in C, the address from two bytes, a run extended in place).
+    """
     runs: list[tuple[int, bytearray]] = []
+    run = bytearray()  # the last run, which a record at `run_end` extends
+    run_end = -1
     base = 0
     ended = False
     for number, line in enumerate(data.splitlines(), start=1):
@@ -48,8 +55,8 @@ def _records(data: bytes) -> list[tuple[int, bytearray]]:
         if line[:1] != b":":
             raise Ae3Error(f"unreadable Intel HEX: line {number}: does not start with ':'")
         try:
-            raw = bytes.fromhex(line[1:].decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
+            raw = binascii.a2b_hex(line[1:])
+        except binascii.Error:
             raise Ae3Error(f"unreadable Intel HEX: line {number}: not hexadecimal digits") from None
         if len(raw) < 5 or len(raw) != raw[0] + 5:
             raise Ae3Error(
@@ -57,23 +64,26 @@ def _records(data: bytes) -> list[tuple[int, bytearray]]:
             )
         if sum(raw) & 0xFF:
             raise Ae3Error(f"unreadable Intel HEX: line {number}: checksum mismatch")
-        kind, payload = raw[3], raw[4:-1]
+        kind = raw[3]
         if kind == DATA:
-            address = base + int.from_bytes(raw[1:3], "big")
-            if runs and runs[-1][0] + len(runs[-1][1]) == address:
-                runs[-1][1].extend(payload)
-            elif payload:
-                runs.append((address, bytearray(payload)))
+            address = base + (raw[1] << 8 | raw[2])
+            if address == run_end:
+                run += raw[4:-1]
+                run_end += raw[0]
+            elif raw[0]:
+                run = bytearray(raw[4:-1])
+                runs.append((address, run))
+                run_end = address + raw[0]
         elif kind == END_OF_FILE:
             ended = True
-        elif kind in (EXTENDED_SEGMENT, EXTENDED_LINEAR) and len(payload) == 2:
-            value = int.from_bytes(payload, "big")
+        elif kind in (EXTENDED_SEGMENT, EXTENDED_LINEAR) and raw[0] == 2:
+            value = raw[4] << 8 | raw[5]
             base = value << 4 if kind == EXTENDED_SEGMENT else value << 16
-        elif kind in (START_SEGMENT, START_LINEAR) and len(payload) == 4:
+        elif kind in (START_SEGMENT, START_LINEAR) and raw[0] == 4:
             pass  # an entry point: nothing to place in memory
         else:
             raise Ae3Error(
-                f"unreadable Intel HEX: line {number}: record type {kind} of {len(payload)} bytes"
+                f"unreadable Intel HEX: line {number}: record type {kind} of {raw[0]} bytes"
             )
     return runs
 

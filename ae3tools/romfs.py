@@ -7,9 +7,7 @@ what its directory structure costs. Hashing (`file_digests`) is the one full pas
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import gc
 import hashlib
 import itertools
 import os
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ae3tools.board import PARTITIONS, ROMFS_ROLES, Partition
+from ae3tools.collector import collector_paused
 from ae3tools.fileio import require_directory
 from ae3tools.findings import (
     Ae3Error,
@@ -155,7 +154,9 @@ def alignment_for(name: str, rules: Sequence[AlignmentRule]) -> int:
 
 
 # Names are shown escaped: printable ASCII as is (a backslash doubled), every other byte
-# as \xNN. Two different names never look alike, and no name can drive a terminal.
+# as \xNN, and so is a space that ends a name (at the end of a line it would vanish:
+# "a" and "a " would list alike). Two different names never look alike, and no name can
+# drive a terminal.
 _PLAIN_BYTES = bytes(range(0x20, 0x5C)) + bytes(range(0x5D, 0x7F))
 _ESCAPES = {b: f"\\x{b:02x}" for b in range(256) if bytes([b]) not in _PLAIN_BYTES}
 _ESCAPES[0x5C] = "\\\\"
@@ -169,9 +170,10 @@ _LONG_NAME_KEPT = 48
 
 def escape_name(raw: bytes) -> str:
     """A name's bytes as text that is unambiguous and free of control characters."""
-    if not raw.translate(None, _PLAIN_BYTES):
+    if not raw.translate(None, _PLAIN_BYTES) and not raw.endswith(b" "):
         return raw.decode("ascii")
-    return raw.decode("latin-1").translate(_ESCAPES)
+    shown = raw.decode("latin-1").translate(_ESCAPES)
+    return shown[:-1] + "\\x20" if shown.endswith(" ") else shown
 
 
 def show_name(raw: bytes, record_offset: int) -> str:
@@ -484,25 +486,12 @@ def parse_romfs(
         return RomfsImage(len(buf), None, (), tuple(findings), "other")
 
     walk = _Walk(buf, header, FindingLog(kept=findings))
-    with _collector_paused():
+    with collector_paused():
         _walk_records(walk)
     _check_pointers(walk)
     _check_alignment(walk, alignment)
     _check_conventions(walk, partition)
     return RomfsImage(len(buf), header, tuple(walk.entries), tuple(walk.log.result()), _guess(walk))
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cycle collector: a walk makes hundreds of thousands of entries and
-    no cycles, and the collections their number sets off cost a third of the walk."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _parse_header(buf: bytes) -> tuple[RomfsHeader | None, list[Finding]]:

@@ -1,7 +1,9 @@
 """Time and peak memory of the ROMFS and Intel HEX readers on hostile inputs (issue 8).
 
-Each shape is built at about the size of the largest partition (ROMFS0, 24 MiB), then
-read in a fresh process through the same path `ae3tools verify` and `romfs ls` take,
+Each shape is built at the size of the largest partition (ROMFS0, 24 MiB, less a few
+bytes so that every shape fits it), then read in a fresh process by `romfs ls` (a
+table, and JSON), and by `verify` as the ROMFS0 of a crafted bundle (the fixtures'
+good bundle with that image put in, its manifest's length and sha256 made to match),
 so the peak RSS is that of one run. Not a test: it prints a table of figures.
 
     .venv/bin/python scripts/bench_hostile.py [--mib N] [--only NAME] [--repeat N]
@@ -10,18 +12,25 @@ so the peak RSS is that of one run. Not a test: it prints a table of figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ae3tools.romfs import encode_vint
+from ae3tools.romfs import MAX_ROMFS_SIZE, encode_vint
 
 MAGIC = b"\xd2\xcd\x31"
+GOOD = Path(__file__).resolve().parent.parent / "fixtures" / "good"
+AE3TOOLS = str(Path(sys.executable).with_name("ae3tools"))
+CRAFTED = "crafted.zip"
+# Shapes overshoot their size by a few bytes (a last record, a length grown a byte).
+SLACK = 64
 
 
 def filesystem(payload: bytes) -> bytes:
@@ -160,10 +169,36 @@ def measure(command: list[str]) -> tuple[float, float, int]:
 
 
 def make_input(name: str, size: int, path: Path) -> None:
-    """Write one shape to `path` in a child process: a process's peak RSS is inherited
-    by the children it starts, so the measuring process must stay small."""
+    """Write one shape to `path`, and beside it a crafted bundle holding it when it
+    fits ROMFS0; in a child process: a process's peak RSS is inherited by the children
+    it starts, so the measuring process must stay small."""
     make, _ = SHAPES[name]
     path.write_bytes(make(size))
+    path.with_name(CRAFTED).unlink(missing_ok=True)
+    if path.suffix == ".img" and path.stat().st_size <= MAX_ROMFS_SIZE:
+        crafted_bundle(path, path.with_name(CRAFTED))
+
+
+def crafted_bundle(image: Path, bundle: Path) -> None:
+    """The fixtures' good bundle with `image` as its ROMFS0, the manifest made to agree:
+    what an attacker hands `verify`."""
+    from ae3tools.bundle import MANIFEST_NAME  # here, in the child: see make_input
+
+    good = bundle.with_name("good.zip")
+    if not good.exists():
+        command = [AE3TOOLS, "bundle", "--from", str(GOOD), "-o", str(good)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    data = image.read_bytes()
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bundle, "w") as crafted:
+        manifest = json.loads(source.read(MANIFEST_NAME))
+        for entry in manifest["images"]:
+            if entry["role"] == "romfs0":
+                entry.update(length=len(data), sha256=hashlib.sha256(data).hexdigest())
+                crafted.writestr(entry["file"], data, zipfile.ZIP_DEFLATED)
+        crafted.writestr(MANIFEST_NAME, json.dumps(manifest, indent=2))
+        for member in source.namelist():
+            if member not in crafted.namelist():
+                crafted.writestr(member, source.read(member))
 
 
 def main() -> None:
@@ -183,8 +218,7 @@ def main() -> None:
         name, size, path = args.make.rsplit(":", 2)
         make_input(name, int(size), Path(path))
         return
-    size = int(args.mib * (1 << 20))
-    ae3tools = str(Path(sys.executable).with_name("ae3tools"))
+    size = int(args.mib * (1 << 20)) - SLACK
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (_, suffix) in SHAPES.items():
@@ -196,11 +230,14 @@ def main() -> None:
             )
             if suffix == "img":
                 commands = {
-                    "romfs ls": [ae3tools, "romfs", "ls", str(path)],
-                    "ls --json": [ae3tools, "romfs", "ls", "--json", str(path)],
+                    "romfs ls": [AE3TOOLS, "romfs", "ls", str(path)],
+                    "ls --json": [AE3TOOLS, "romfs", "ls", "--json", str(path)],
                 }
+                bundle = path.with_name(CRAFTED)
+                if bundle.exists():
+                    commands["verify"] = [AE3TOOLS, "verify", str(bundle)]
             else:
-                commands = {"inspect": [ae3tools, "inspect", "--json", str(path)]}
+                commands = {"inspect": [AE3TOOLS, "inspect", "--json", str(path)]}
             for label, command in commands.items():
                 runs = [measure(command) for _ in range(max(1, args.repeat))]
                 seconds = min(run[0] for run in runs)

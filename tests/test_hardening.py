@@ -3,8 +3,10 @@ camera, exit statuses and --json errors, outputs never over inputs."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -17,6 +19,9 @@ from hypothesis import strategies as st
 
 from ae3tools import romfs
 from ae3tools.board import RAM_REGIONS, Role, partition_for_role
+from ae3tools.cli.artifacts import _entry_json
+from ae3tools.cli.common import print_columns
+from ae3tools.collector import collector_paused
 from ae3tools.dfu.virtual import CameraInUse, DeviceMemory, VirtualAE3
 from ae3tools.dfu_suffix import SIGNATURE
 from ae3tools.fileio import write_atomic
@@ -162,6 +167,24 @@ def test_every_record_read_one_by_one_counts(monkeypatch: pytest.MonkeyPatch, un
         assert ("ROMFS_TOO_MANY_RECORDS" in codes) is stopped
 
 
+def test_the_collector_is_paused_only_inside(tmp_path: Path, cli) -> None:
+    """Listings pause Python's cycle collector; it comes back as it was, even after an
+    exception, and a pause inside a pause leaves it off."""
+    states = []
+    with collector_paused():
+        states.append(gc.isenabled())
+        with collector_paused():
+            states.append(gc.isenabled())
+        states.append(gc.isenabled())
+    states.append(gc.isenabled())
+    with pytest.raises(KeyError), collector_paused():
+        raise KeyError
+    assert states == [False, False, False, True] and gc.isenabled()
+    path = tmp_path / "bad.img"
+    path.write_bytes(fs(file(b"", b"x")))
+    assert cli("romfs", "ls", path).code == 1 and gc.isenabled()
+
+
 def test_build_refuses_a_tree_past_the_record_cap(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -297,6 +320,63 @@ def test_control_characters_in_names_are_flagged_and_escaped(tmp_path: Path, cli
     assert ESC not in result.out and "\\x1b[2Jverified" in result.out
 
 
+def test_names_that_end_in_a_space_stay_apart(tmp_path: Path, cli) -> None:
+    """At the end of a table line a trailing space vanished: 'a' and 'a ' listed alike."""
+    image = fs(file(b"a", b"one"), file(b"a ", b"two"), file(b"a\\x20", b"three"))
+    path = tmp_path / "spaces.img"
+    path.write_bytes(image)
+    table = cli("romfs", "ls", path).out.splitlines()
+    shown = [line.rsplit("  ", 1)[1] for line in table[2:5]]  # the path column, last
+    assert shown == ["/a", "/a\\x20", "/a\\\\x20"]
+    listing = json.loads(cli("romfs", "ls", "--json", path).out)["entries"]
+    assert [e["path"] for e in listing] == shown
+    assert len({e["sha256"] for e in listing}) == 3
+
+
+def _unescape(shown: str) -> bytes:
+    """The inverse of romfs.escape_name: '\\\\' is a backslash, '\\xNN' the byte NN."""
+    return re.sub(
+        r"\\\\|\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)) if m[1] else "\\", shown
+    ).encode("latin-1")
+
+
+@given(st.binary(max_size=64))
+def test_a_shown_name_is_its_bytes_and_inert(raw: bytes) -> None:
+    """Shown names decode back to their bytes (so no two look alike), and hold nothing a
+    terminal acts on or a line end hides."""
+    shown = romfs.escape_name(raw)
+    assert _unescape(shown) == raw
+    assert shown.isascii() and shown.isprintable() and not shown.endswith(" ")
+
+
+_json_paths = st.text(st.characters(codec="utf-8") | st.sampled_from('"\\\x00\x1f\u2026'))
+
+
+@given(
+    st.sampled_from(["file", "dir"]),
+    _json_paths,
+    st.integers(0, 2**32),
+    st.integers(0, 2**32),
+    st.none() | st.integers(0, 2**32),
+    st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+def test_a_json_listing_entry_is_what_json_dumps_gives(
+    kind: str, path: str, size: int, record: int, data: int | None, digest: str | None
+) -> None:
+    """romfs ls --json formats its entries instead of encoding them: the text must be
+    json.dumps of the entry's object, byte for byte."""
+    entry = romfs.RomfsEntry(b"x", kind, record, size, data, None if data is None else "verbatim")
+    expected: dict[str, object] = {
+        "path": path,
+        "type": kind,
+        "size": size,
+        "record_offset": record,
+    }
+    if kind == "file":
+        expected.update(offset=data, alignment=entry.alignment, sha256=digest)
+    assert _entry_json(entry, path, digest) == json.dumps(expected)
+
+
 def test_extract_reports_what_it_cannot_write(tmp_path: Path, cli) -> None:
     image = fs(file(b"same", b"first"), file(b"same", b"second"), file(b"..", b"up"))
     path = tmp_path / "dup.img"
@@ -308,6 +388,21 @@ def test_extract_reports_what_it_cannot_write(tmp_path: Path, cli) -> None:
 
 
 # ------------------------------------------------------------------ literal text, JSON errors
+
+
+def test_a_table_escapes_control_characters_in_any_cell(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """print_columns looks for control characters in a block of lines at once; a row
+    that has one is escaped cell by cell (then padded), the other rows are unchanged."""
+    rows = [["1", f"n{index}"] for index in range(5000)]
+    rows[4500] = ["\x1b[2J", "\x07bell"]
+    print_columns([("size", 4), ("name", 0)], rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert ESC not in "".join(lines) and "\x07" not in "".join(lines)
+    assert lines[4501] == "\\x1b[2J  \\x07bell"
+    assert lines[4500] == "1     n4499" and lines[-1] == "1     n4999"
+    assert lines[0] == "size  name" and len(lines) == 5001
 
 
 def test_markup_in_inputs_is_printed_literally(tmp_path: Path, cli) -> None:
@@ -535,6 +630,77 @@ def test_intel_hex_reader_refusals(lines: list[tuple[int, int, bytes]], words: s
     text = _hex_line(0, 4, upper.to_bytes(2, "big")) + b"".join(_hex_line(*x) for x in lines)
     with pytest.raises(Ae3Error, match=words):
         parse_hex(text)
+
+
+def _hex_data_records(address: int, data: bytes, width: int) -> list[tuple[int, bytes]]:
+    """`data` at `address` as records of `width` bytes at most, none crossing a 64 KiB
+    boundary (a record's address is 16 bits under its extended linear address)."""
+    records = []
+    while data:
+        size = min(width, len(data), 0x10000 - (address & 0xFFFF))
+        records.append((address, data[:size]))
+        address, data = address + size, data[size:]
+    return records
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.tuples(st.integers(0, 0x9000), st.binary(min_size=1, max_size=300)), max_size=8),
+    st.integers(1, 40),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_intel_hex_reader_agrees_with_objcopy(
+    tmp_path: Path,
+    pieces: list[tuple[int, bytes]],
+    width: int,
+    shuffled: bool,
+    rng: random.Random,
+) -> None:
+    """binutils (a peer tool) and the reader make the same bytes of any file: records of
+    any width, in any order, across 64 KiB boundaries, with empty ones among them."""
+    start = partition_for_role(Role.HE).cpu_address
+    assert start is not None
+    records, address = [], start + 0xFF00  # just below a 64 KiB boundary
+    for gap, payload in pieces:
+        address += gap
+        records += _hex_data_records(address, payload, width)
+        address += len(payload)
+    records.append((start + rng.randrange(0x40000), b""))  # empty: holds nothing
+    if shuffled:
+        rng.shuffle(records)
+    text = b"".join(
+        _hex_line(0, 4, (at >> 16).to_bytes(2, "big")) + _hex_line(at & 0xFFFF, 0, data)
+        for at, data in records
+    )
+    path = tmp_path / "pieces.hex"
+    path.write_bytes(text + _hex_line(0, 1, b""))
+    if not pieces:
+        with pytest.raises(Ae3Error, match="holds no data records"):
+            parse_hex(path.read_bytes())
+        return
+    binary = tmp_path / "pieces.bin"
+    subprocess.run(["objcopy", "-I", "ihex", "-O", "binary", path, binary], check=True)
+    image = parse_hex(path.read_bytes())
+    low = image.segments[0][0]
+    assert image.data[: low - start] == bytes(low - start)
+    assert image.data[low - start :] == binary.read_bytes()
+    assert sum(end - begin for begin, end in image.segments) == sum(len(p) for _, p in pieces)
+
+
+def test_intel_hex_digits_split_by_a_space_are_refused(tmp_path: Path) -> None:
+    """bytes.fromhex skipped spaces inside a record; objcopy refuses them, and so do we."""
+    line = _hex_line(0, 0, b"\x01\x02")
+    path = tmp_path / "space.hex"
+    path.write_bytes(_hex_line(0, 4, b"\x80\x00") + line[:9] + b" " + line[9:])
+    objcopy = subprocess.run(
+        ["objcopy", "-I", "ihex", "-O", "binary", path, tmp_path / "x"], capture_output=True
+    )
+    assert objcopy.returncode != 0
+    with pytest.raises(Ae3Error, match="line 2: not hexadecimal digits"):
+        parse_hex(path.read_bytes())
 
 
 def test_intel_hex_checksum_is_checked() -> None:

@@ -102,15 +102,20 @@ def emit_json(value: Any) -> None:
 # Long listings are written in blocks of this many lines: a write per line is a tenth
 # of a 250,000-line listing.
 _LINES_PER_WRITE = 4096
-# json.dumps(element), less its per-call work (a quarter of a 250,000-entry listing's
-# encoding): streamed elements are plain data built by ae3tools, never circular.
-_encode_element = json.JSONEncoder(check_circular=False).encode
+json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
+
+
+def json_scalar(value: int | str | None) -> str:
+    """json.dumps of an integer, a string or None."""
+    if value is None:
+        return "null"
+    return json_string(value) if isinstance(value, str) else str(value)
 
 
 def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
     """emit_json for an object whose `streamed` value is an iterable of very many items
-    (a crafted ROMFS lists 250,000): items are encoded one per line and written in
-    blocks, so the whole document never exists as one string."""
+    (a crafted ROMFS lists 250,000), each already JSON text: they are written one per
+    line, in blocks, so the whole document never exists as one string."""
     write = sys.stdout.write
     for index, (key, item) in enumerate(value.items()):
         write(("{\n" if index == 0 else ",\n") + f"  {json.dumps(key)}: ")
@@ -119,7 +124,7 @@ def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
             continue
         write("[")
         elements, separator = iter(item), "\n    "
-        while chunk := [_encode_element(e) for e in itertools.islice(elements, _LINES_PER_WRITE)]:
+        while chunk := list(itertools.islice(elements, _LINES_PER_WRITE)):
             write(separator + ",\n    ".join(chunk))  # a block of elements per write
             separator = ",\n    "
         write("\n  ]")
@@ -167,18 +172,13 @@ def print_columns(
     *fixed, _ = columns
     cells = [f"{{:{'>' if h in right else '<'}{max(w, len(h))}}}" for h, w in fixed]
     layout = "  ".join([*cells, "{}"])  # one str.format per row
-    lines: list[str] = []
-    for row in itertools.chain([[header for header, _ in columns]], rows):
-        line = layout.format(*row)
-        if _CONTROL.search(line):  # rare: one search per row, then escape the cells
-            line = layout.format(*map(printable, row))
-        lines.append(line.rstrip())
-        if len(lines) == _LINES_PER_WRITE:
-            _write_lines(lines)
-    _write_lines(lines)
 
+    def block_text(block: list[Sequence[str]]) -> str:
+        text = "\n".join([layout.format(*row).rstrip() for row in block])
+        if _CONTROL.search(text):  # rare: one search per block, then escape the cells
+            text = "\n".join([layout.format(*map(printable, row)).rstrip() for row in block])
+        return text + "\n"
 
-def _write_lines(lines: list[str]) -> None:
-    if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
-        lines.clear()
+    table = itertools.chain([[header for header, _ in columns]], rows)
+    while block := list(itertools.islice(table, _LINES_PER_WRITE)):
+        sys.stdout.write(block_text(block))
