@@ -189,16 +189,14 @@ def crafted_bundle(image: Path, bundle: Path) -> None:
         command = [AE3TOOLS, "bundle", "--from", str(GOOD), "-o", str(good)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     data = image.read_bytes()
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bundle, "w") as crafted:
+    crafted = zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(good) as source, crafted:
         manifest = json.loads(source.read(MANIFEST_NAME))
-        for entry in manifest["images"]:
-            if entry["role"] == "romfs0":
-                entry.update(length=len(data), sha256=hashlib.sha256(data).hexdigest())
-                crafted.writestr(entry["file"], data, zipfile.ZIP_DEFLATED)
-        crafted.writestr(MANIFEST_NAME, json.dumps(manifest, indent=2))
+        (entry,) = [e for e in manifest["images"] if e["role"] == "romfs0"]
+        entry.update(length=len(data), sha256=hashlib.sha256(data).hexdigest())
+        members = {MANIFEST_NAME: json.dumps(manifest, indent=2).encode(), entry["file"]: data}
         for member in source.namelist():
-            if member not in crafted.namelist():
-                crafted.writestr(member, source.read(member))
+            crafted.writestr(member, members.get(member) or source.read(member))
 
 
 def main() -> None:
