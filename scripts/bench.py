@@ -11,7 +11,7 @@
    fresh process (minimum and median of several runs: the machine's noise is large).
 5. many cameras: N = 1, 2, 4, 8 virtual AE3s on one bus, realistic model in real time
    (the device's work is slept, as a real camera's takes time), each re-flashed after
-   its HP was rebuilt, all at once through `ae3tools.fleet`: wall time against one
+   its HP was rebuilt, all at once through `ae3tools.device.fleet`: wall time against one
    camera's (the ratio), and the host CPU.
 6. --bridge: on one umockdev bridge and the realistic model (wall clock), the seed's four
    real dfu-util calls against `ae3tools flash` through real libusb: a fresh flash with
@@ -37,18 +37,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ae3tools.board import DFU_BLOCK_SIZE, FLASH_ORDER, Role, partition_for_role
-from ae3tools.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.dfu.builder import ImageResult
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, find_bootloaders
-from ae3tools.dfu.virtual import (
+from ae3tools.release.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
+from ae3tools.virtual.backend import VirtualBackend
+from ae3tools.virtual.bootloader import (
     DeviceMemory,
     SimulatedClock,
     Timing,
     VirtualAE3,
     virtual_serial,
 )
-from ae3tools.dfu.virtual_backend import VirtualBackend
 from tests.fullsize import firmware, make_full_size_set
 
 MIB = 1024 * 1024
@@ -144,9 +144,9 @@ def host_cost(images: list[BundleImage]) -> None:
 
 
 def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)) -> None:
-    from ae3tools.camera.virtual import VirtualCamera
+    from ae3tools.device.fleet import FlashJob, Worker, attached_cameras, flash_cameras
     from ae3tools.dfu.protocol import LATEST_BOOTLOADER
-    from ae3tools.fleet import FlashJob, Worker, attached_cameras, flash_cameras
+    from ae3tools.virtual.camera import VirtualCamera
 
     new_images = cases(images)["HP fully rebuilt"]
     print("\nmany cameras at once, realistic model in real time (HP rebuilt on each camera):")

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ae3tools.romfs import MAX_ROMFS_SIZE, encode_vint
+from ae3tools.formats.romfs import MAX_ROMFS_SIZE, encode_vint
 
 MAGIC = b"\xd2\xcd\x31"
 GOOD = Path(__file__).resolve().parent.parent / "fixtures" / "good"
@@ -182,7 +182,7 @@ def make_input(name: str, size: int, path: Path) -> None:
 def crafted_bundle(image: Path, bundle: Path) -> None:
     """The fixtures' good bundle with `image` as its ROMFS0, the manifest made to agree:
     what an attacker hands `verify`."""
-    from ae3tools.bundle import MANIFEST_NAME  # here, in the child: see make_input
+    from ae3tools.release.bundle import MANIFEST_NAME  # here, in the child: see make_input
 
     good = bundle.with_name("good.zip")
     if not good.exists():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.bundle import ReleaseInfo, inputs_from_directory, write_bundle
 from ae3tools.cli import main
+from ae3tools.release.bundle import ReleaseInfo, inputs_from_directory, write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

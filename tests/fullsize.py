@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 from ae3tools.board import Role, partition_for_role
-from ae3tools.romfs import build_romfs
+from ae3tools.formats.romfs import build_romfs
 
 _HEADROOM = 256  # ROMFS bytes around the data: header, names, alignment
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ae3tools.artifact import examine, load_artifact
 from ae3tools.board import RECOVERY_KEY, Role, partition_for_role
-from ae3tools.dfu_suffix import has_suffix, split_suffix
 from ae3tools.findings import Ae3Error, UsageError
-from ae3tools.firmware import check_firmware, core_of
-from ae3tools.intel_hex import parse_hex
-from ae3tools.key import check_key, make_key_file
+from ae3tools.formats.artifact import examine, load_artifact
+from ae3tools.formats.dfu_suffix import has_suffix, split_suffix
+from ae3tools.formats.firmware import check_firmware, core_of
+from ae3tools.formats.intel_hex import parse_hex
+from ae3tools.formats.key import check_key, make_key_file
 from tests.conftest import FIXTURES
 
 GOOD = FIXTURES / "good"

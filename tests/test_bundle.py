@@ -16,19 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ae3tools.board import FLASH_ORDER, Role
-from ae3tools.bundle import (
+from ae3tools.findings import Ae3Error
+from ae3tools.release.bundle import (
     MANIFEST_NAME,
     ReleaseInfo,
     inputs_from_directory,
     read_bundle,
     write_bundle,
 )
-from ae3tools.findings import Ae3Error
 from tests.conftest import FIXTURES, ROOT
 from tests.fullsize import make_full_size_set
 
 GOOD = FIXTURES / "good"
-SCHEMA = json.loads((ROOT / "ae3tools" / "bundle-manifest.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "ae3tools" / "release" / "bundle-manifest.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")

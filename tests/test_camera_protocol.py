@@ -6,13 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from ae3tools.camera.application import (
-    FIRMWARES,
-    AppFault,
-    BootRequest,
-    VirtualApplication,
-    split_faults,
-)
 from ae3tools.camera.protocol import (
     REPL_BAUD,
     TOUCH_BAUD,
@@ -30,7 +23,14 @@ from ae3tools.camera.protocol import (
     pack_caps,
     usbdbg_command,
 )
-from ae3tools.identity import application_serial, same_camera
+from ae3tools.formats.identity import application_serial, same_camera
+from ae3tools.virtual.application import (
+    FIRMWARES,
+    AppFault,
+    BootRequest,
+    VirtualApplication,
+    split_faults,
+)
 
 H = bytes.fromhex
 

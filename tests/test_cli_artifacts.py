@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.key import make_key_file
+from ae3tools.formats.key import make_key_file
 from tests.conftest import FIXTURES
 
 

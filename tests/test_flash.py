@@ -10,24 +10,24 @@ import pytest
 import usb.core
 
 from ae3tools.board import Role, partition_by_name
-from ae3tools.bundle import (
-    BundleImage,
-    ReleaseInfo,
-    inputs_from_directory,
-    read_bundle,
-    write_bundle,
-)
+from ae3tools.device.reach import Selector, find_camera, reach_bootloader
 from ae3tools.dfu.host import (
     DfuSession,
     describe_usb_error,
     find_bootloaders,
     libusb_backend,
 )
-from ae3tools.dfu.virtual import DeviceMemory, VirtualAE3, partition_image, virtual_serial
-from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import Ae3Error, DeviceError, UsageError
-from ae3tools.key import make_key_file
-from ae3tools.reach import Selector, find_camera, reach_bootloader
+from ae3tools.formats.key import make_key_file
+from ae3tools.release.bundle import (
+    BundleImage,
+    ReleaseInfo,
+    inputs_from_directory,
+    read_bundle,
+    write_bundle,
+)
+from ae3tools.virtual.backend import VirtualBackend
+from ae3tools.virtual.bootloader import DeviceMemory, VirtualAE3, partition_image, virtual_serial
 from tests.conftest import FIXTURES
 from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.bundle import BundleImage, read_bundle
-from ae3tools.camera.application import FIRMWARES
-from ae3tools.camera.virtual import VirtualCamera, virtual_ports
-from ae3tools.dfu.protocol import LATEST_BOOTLOADER
-from ae3tools.dfu.virtual import DeviceMemory, Fault, Timing, partition_image, virtual_serial
-from ae3tools.dfu.virtual_backend import VirtualBackend
-from ae3tools.fleet import (
+from ae3tools.device.fleet import (
     FlashJob,
     FoundCamera,
     PlugTracker,
@@ -33,7 +27,13 @@ from ae3tools.fleet import (
     attached_cameras,
     flash_cameras,
 )
-from ae3tools.identity import application_serial
+from ae3tools.dfu.protocol import LATEST_BOOTLOADER
+from ae3tools.formats.identity import application_serial
+from ae3tools.release.bundle import BundleImage, read_bundle
+from ae3tools.virtual.application import FIRMWARES
+from ae3tools.virtual.backend import VirtualBackend
+from ae3tools.virtual.bootloader import DeviceMemory, Fault, Timing, partition_image, virtual_serial
+from ae3tools.virtual.camera import VirtualCamera, virtual_ports
 from tests.conftest import eventually, interruptible
 
 ZERO = ("--virtual-timing", "zero")
@@ -345,8 +345,8 @@ def test_the_station_asks_each_enumeration_for_its_serial_once(tmp_path: Path) -
 def test_a_camera_stays_this_process_between_sessions(tmp_path: Path, bundle: Path) -> None:
     """A station ends one session after another on the same camera: in between, no
     other process may take it (a real camera stays on this host's bus)."""
-    from ae3tools.camera.virtual import virtual_bus
-    from ae3tools.dfu.virtual import CameraInUse
+    from ae3tools.virtual.bootloader import CameraInUse
+    from ae3tools.virtual.camera import virtual_bus
 
     backend = virtual_bus([tmp_path / "a"], timing=Timing.zero())
     try:

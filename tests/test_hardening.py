@@ -17,17 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ae3tools import romfs
 from ae3tools.board import RAM_REGIONS, Role, partition_for_role
 from ae3tools.cli.artifacts import _entry_json
 from ae3tools.cli.common import print_columns
 from ae3tools.collector import collector_paused
-from ae3tools.dfu.virtual import CameraInUse, DeviceMemory, VirtualAE3
-from ae3tools.dfu_suffix import SIGNATURE
 from ae3tools.fileio import write_atomic
 from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError, Severity
-from ae3tools.intel_hex import parse_hex
-from ae3tools.romfs import build_romfs, encode_vint, extract, parse_romfs, shown_paths
+from ae3tools.formats import romfs
+from ae3tools.formats.dfu_suffix import SIGNATURE
+from ae3tools.formats.intel_hex import parse_hex
+from ae3tools.formats.romfs import build_romfs, encode_vint, extract, parse_romfs, shown_paths
+from ae3tools.virtual.bootloader import CameraInUse, DeviceMemory, VirtualAE3
 from tests.conftest import FIXTURES, ROOT
 from tests.test_romfs import directory_children, file, fs, named, rec
 
@@ -527,7 +527,7 @@ def test_mistyped_virtual_directory_is_not_created(tmp_path: Path, cli) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from ae3tools.dfu.virtual import CameraInUse, DeviceMemory
+from ae3tools.virtual.bootloader import CameraInUse, DeviceMemory
 memory = DeviceMemory(Path(sys.argv[1]))
 memory.claim()
 print("held", flush=True)
@@ -554,7 +554,7 @@ def test_one_camera_has_one_owner(tmp_path: Path, cli, good_bundle_path: Path) -
 def test_a_claimed_interface_is_named_in_use(tmp_path: Path) -> None:
     """The libusb path: the interface claim fails with BUSY, as on a real camera."""
     from ae3tools.dfu.host import DfuSession, find_bootloaders
-    from ae3tools.dfu.virtual_backend import VirtualBackend
+    from ae3tools.virtual.backend import VirtualBackend
 
     holder = DeviceMemory(tmp_path / "cam")
     holder.claim()
@@ -588,7 +588,7 @@ def test_resume_hint_keeps_the_virtual_camera(tmp_path: Path, cli, good_bundle_p
 def test_windows_without_a_driver_gets_one_message(
     tmp_path: Path, cli, good_bundle_path: Path, monkeypatch
 ) -> None:
-    from ae3tools.dfu import virtual_backend
+    from ae3tools.virtual import backend as virtual_backend
 
     def not_supported(self, handle, interface):  # pyusb's LIBUSB_ERROR_NOT_SUPPORTED
         raise NotImplementedError("Operation not supported or unimplemented on this platform")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ae3tools.board import Role, partition_for_role
-from ae3tools.firmware import firmware_identity
+from ae3tools.formats.firmware import firmware_identity
 from tests.conftest import FIXTURES
 from tests.test_bundle import manifest_of, rezip, with_manifest
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from ae3tools.board import DFU_BLOCK_SIZE, Memory, Role, partition_by_name, partition_for_role
-from ae3tools.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.dfu.builder import (
     PROBE_POLICIES,
     ProbePolicy,
@@ -23,14 +22,15 @@ from ae3tools.dfu.builder import (
 )
 from ae3tools.dfu.flash import read_romfs_image
 from ae3tools.dfu.host import DfuSession, find_bootloaders
-from ae3tools.dfu.virtual import (
+from ae3tools.release.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
+from ae3tools.virtual.backend import VirtualBackend
+from ae3tools.virtual.bootloader import (
     DeviceMemory,
     SimulatedClock,
     Timing,
     VirtualAE3,
     partition_image,
 )
-from ae3tools.dfu.virtual_backend import VirtualBackend
 from tests.conftest import FIXTURES, ROOT
 from tests.fullsize import firmware
 
@@ -374,8 +374,9 @@ def test_commands_import_the_device_stack_only_when_they_use_it() -> None:
     probe = (
         "import sys; from ae3tools.cli import main\n"
         # (rich.table is left out: older typer imports it for its own help.)
-        "heavy = ('usb', 'ae3tools.dfu.host', 'ae3tools.dfu.virtual', 'ae3tools.bundle',"
-        " 'jsonschema', 'rich.progress', 'serial', 'cryptography', 'ae3tools.camera.virtual')\n"
+        "heavy = ('usb', 'ae3tools.dfu.host', 'ae3tools.virtual.bootloader',"
+        " 'ae3tools.release.bundle', 'jsonschema', 'rich.progress', 'serial', 'cryptography',"
+        " 'ae3tools.virtual.camera')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run(

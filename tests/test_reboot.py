@@ -15,17 +15,23 @@ from pathlib import Path
 import pytest
 import serial
 
-from ae3tools.bundle import read_bundle
-from ae3tools.camera.application import FIRMWARES
-from ae3tools.camera.virtual import VirtualCamera, virtual_ports
+from ae3tools.device.reach import Selector, reach_bootloader
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, read_serial
 from ae3tools.dfu.protocol import BOOTLOADER_RELEASES, bootloader_release
-from ae3tools.dfu.virtual import DeviceMemory, Timing, VirtualAE3, partition_image, virtual_serial
-from ae3tools.dfu.virtual_backend import VirtualBackend
 from ae3tools.findings import UsageError
-from ae3tools.identity import NO_SERIAL_BOOTLOADER, application_serial
-from ae3tools.reach import Selector, reach_bootloader
+from ae3tools.formats.identity import NO_SERIAL_BOOTLOADER, application_serial
+from ae3tools.release.bundle import read_bundle
+from ae3tools.virtual.application import FIRMWARES
+from ae3tools.virtual.backend import VirtualBackend
+from ae3tools.virtual.bootloader import (
+    DeviceMemory,
+    Timing,
+    VirtualAE3,
+    partition_image,
+    virtual_serial,
+)
+from ae3tools.virtual.camera import VirtualCamera, virtual_ports
 from tests.conftest import eventually
 
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ae3tools.board import Role, partition_for_role
-from ae3tools.bundle import read_bundle
-from ae3tools.dfu.virtual import partition_image
+from ae3tools.release.bundle import read_bundle
+from ae3tools.virtual.bootloader import partition_image
 from tests.conftest import FIXTURES
 
 GOOD = FIXTURES / "good"

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mpremote.romfs import VfsRomWriter
 
-from ae3tools import romfs
 from ae3tools.board import Role, partition_for_role
 from ae3tools.findings import Ae3Error, Severity
-from ae3tools.romfs import (
+from ae3tools.formats import romfs
+from ae3tools.formats.romfs import (
     OPENMV_ALIGNMENT,
     AlignmentRule,
     RomfsImage,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.bundle import MANIFEST_NAME
-from ae3tools.signing import SIGNATURE_NAME
+from ae3tools.release.bundle import MANIFEST_NAME
+from ae3tools.release.signing import SIGNATURE_NAME
 from tests.conftest import FIXTURES
 
 GOOD = FIXTURES / "good"

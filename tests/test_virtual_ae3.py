@@ -8,7 +8,7 @@ import pytest
 
 from ae3tools.board import PARTITIONS, RECOVERY_KEY, partition_by_name
 from ae3tools.dfu.protocol import DfuStatus, Request, State, Status
-from ae3tools.dfu.virtual import (
+from ae3tools.virtual.bootloader import (
     DeviceMemory,
     DeviceTimeout,
     Fault,

@@ -2,7 +2,7 @@
 
 Protocol V2 (firmware v5, "G3") and the legacy usbdbg commands (v4.7-v4.8, "G1"/"G2"),
 from openmv-protocol.md (cited as §N). Shared by the host (`ae3tools.camera.reboot`) and
-the virtual running camera (`ae3tools.camera.virtual`), so both build and read the
+the virtual running camera (`ae3tools.virtual.camera`), so both build and read the
 same bytes.
 """
 

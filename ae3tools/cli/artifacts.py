@@ -9,7 +9,6 @@ from typing import Any, overload
 
 import typer
 
-from ae3tools.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
 from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
 from ae3tools.cli.common import (
     STATUS_TEXT,
@@ -40,8 +39,9 @@ from ae3tools.cli.target import (
 from ae3tools.collector import collector_paused
 from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
-from ae3tools.key import make_key_file
-from ae3tools.romfs import (
+from ae3tools.formats.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
+from ae3tools.formats.key import make_key_file
+from ae3tools.formats.romfs import (
     MAX_SHOWN_ALIGNMENT,
     OPENMV_ALIGNMENT,
     REQUIRED_ALIGNMENT,
@@ -407,9 +407,9 @@ def inspect(
         raise UsageError(f"{missing[0]}: no such file")
     # A bundle gets the report `verify` gives, an OpenMV release zip the release report;
     # every other file a row of the table.
-    from ae3tools.bundle import is_bundle, open_bundle
     from ae3tools.cli.release import print_report, report_json, show_release
-    from ae3tools.release_zip import is_release_zip
+    from ae3tools.release.bundle import is_bundle, open_bundle
+    from ae3tools.release.openmv_zip import is_release_zip
 
     releases = [p for p in files if is_bundle(p) and is_release_zip(p)]
     if releases:

@@ -39,7 +39,7 @@ from ae3tools.cli.target import (
 from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.fileio import atomic_output, check_output, read_input
 from ae3tools.findings import DeviceError, UsageError
-from ae3tools.key import make_key_file
+from ae3tools.formats.key import make_key_file
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -187,8 +187,8 @@ def flash(
     Example: ae3tools flash ae3-v4.7.0.zip --station --log line1.jsonl
     """
     from ae3tools.dfu.flash import dfu_util_commands, parse_only, select_images
-    from ae3tools.release_zip import images_for_flash
-    from ae3tools.signing import trusted_key
+    from ae3tools.release.openmv_zip import images_for_flash
+    from ae3tools.release.signing import trusted_key
 
     many = every or station or json_progress or log is not None
     many = many or len(target.serials) + len(target.paths) > 1
@@ -244,7 +244,7 @@ def flash(
 
     if many:
         from ae3tools.cli.fleet import flash_many
-        from ae3tools.fleet import FlashJob
+        from ae3tools.device.fleet import FlashJob
 
         job = FlashJob(
             tuple(images),
@@ -334,8 +334,8 @@ def check(
 
     Example: ae3tools check ae3-v4.7.0.zip --json
     """
-    from ae3tools.bundle import read_bundle
     from ae3tools.dfu.flash import check_images, parse_only, select_images
+    from ae3tools.release.bundle import read_bundle
 
     images = select_images(read_bundle(bundle), parse_only(only))
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
@@ -459,7 +459,7 @@ def bootloader(
 
     Example: ae3tools bootloader --port /dev/ttyACM0 --wait
     """
-    from ae3tools.reach import reboot_only
+    from ae3tools.device.reach import reboot_only
 
     backend = target.backend()
     try:
@@ -505,7 +505,7 @@ def devices(
 
     Example: ae3tools devices --json
     """
-    from ae3tools.reach import list_cameras
+    from ae3tools.device.reach import list_cameras
 
     backend = target.backend()
     try:
@@ -567,7 +567,6 @@ def recover_command(
         raise UsageError(
             "recover blanks the external flash (the filesystem and ROMFS0): run it again with --yes"
         )
-    from ae3tools.bundle import read_bundle
     from ae3tools.dfu.flash import (
         FlashFailed,
         flash_images,
@@ -575,6 +574,7 @@ def recover_command(
         recover,
         select_images,
     )
+    from ae3tools.release.bundle import read_bundle
 
     key_limit = partition_for_role(Role.KEY).size
     key_bytes = (

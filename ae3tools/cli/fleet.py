@@ -1,6 +1,6 @@
 """`flash --all`, several --serial/--path, `--station`: many cameras, presented.
 
-The work is `ae3tools.fleet`'s; this module shows it: a progress line per camera, a
+The work is `ae3tools.device.fleet`'s; this module shows it: a progress line per camera, a
 line per finished camera, the final table or JSON report, the streamed JSON events of
 `--json-progress`, and the station's `--log` of one JSON line per camera.
 """
@@ -29,17 +29,17 @@ from ae3tools.findings import DeviceError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from ae3tools.bundle import BundleImage
+    from ae3tools.device.fleet import CameraResult, FlashJob, FoundCamera, Station, Worker
+    from ae3tools.device.reach import Selector
     from ae3tools.dfu.builder import FlashObserver
-    from ae3tools.fleet import CameraResult, FlashJob, FoundCamera, Station, Worker
-    from ae3tools.reach import Selector
+    from ae3tools.release.bundle import BundleImage
 
 PROGRESS_STEPS = 50  # --json-progress: at most this many events per transfer
 
 
 def firmware_versions(images: Sequence[BundleImage]) -> dict[str, Any]:
     """What the firmware images say they are, by role, for reports and logs."""
-    from ae3tools.firmware import identities
+    from ae3tools.formats.firmware import identities
 
     found = identities({image.role: image.data for image in images})
     return {role.value: identity.as_dict() for role, identity in found.items()}
@@ -242,7 +242,7 @@ def flash_many(
     json_progress: bool,
 ) -> None:
     """Flash several cameras at once (or, as a station, each as it is plugged in)."""
-    from ae3tools.fleet import Station, Worker
+    from ae3tools.device.fleet import Station, Worker
 
     selectors = target.selectors()
     bundle_fields = {
@@ -300,7 +300,7 @@ def flash_many(
 def _run_once(
     worker: Worker, target: Target, selectors: Sequence[Selector], every: bool, shown: Presenter
 ) -> list[CameraResult]:
-    from ae3tools.fleet import flash_cameras, wait_for_cameras
+    from ae3tools.device.fleet import flash_cameras, wait_for_cameras
 
     cameras, missing = wait_for_cameras(
         worker.backend,

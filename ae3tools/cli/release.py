@@ -24,8 +24,8 @@ from ae3tools.cli.common import (
 from ae3tools.findings import Severity, errors_in
 
 if TYPE_CHECKING:
-    from ae3tools.bundle import BundleReport
-    from ae3tools.signing import TrustedKey
+    from ae3tools.release.bundle import BundleReport
+    from ae3tools.release.signing import TrustedKey
 
 
 def signature_json(report: BundleReport, trusted: TrustedKey | None) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def print_report(report: BundleReport, trusted: TrustedKey | None = None) -> Non
 
 
 def show_bundle(path: Path, as_json: bool, trusted: TrustedKey | None = None) -> BundleReport:
-    from ae3tools.bundle import open_bundle
+    from ae3tools.release.bundle import open_bundle
 
     report = open_bundle(path, trusted)
     if as_json:
@@ -185,15 +185,15 @@ def bundle(
 
     Example: ae3tools bundle --from build/ --release v4.7.0 --sign release.pem -o ae3.zip
     """
-    from ae3tools.bundle import (
+    from ae3tools.release.bundle import (
         ReleaseInfo,
         merge_inputs,
         open_bundle,
         resolve_build_date,
         write_bundle,
     )
-    from ae3tools.release_zip import inputs_from
-    from ae3tools.signing import load_private_key
+    from ae3tools.release.openmv_zip import inputs_from
+    from ae3tools.release.signing import load_private_key
 
     signing_key = load_private_key(sign_with) if sign_with is not None else None
     inputs = merge_inputs(
@@ -229,8 +229,8 @@ def verify(
 
     Example: ae3tools verify ae3-v4.7.0.zip --key release.pub.pem
     """
-    from ae3tools.release_zip import is_release_zip
-    from ae3tools.signing import trusted_key
+    from ae3tools.release.openmv_zip import is_release_zip
+    from ae3tools.release.signing import trusted_key
 
     trusted = trusted_key(key) if key is not None else None
     if is_release_zip(bundle_path):
@@ -242,7 +242,7 @@ def verify(
 def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
     """`verify` of an OpenMV release zip: its AE3 images checked for their roles, what is
     left alone, and what cannot be verified (no manifest, hashes or signature)."""
-    from ae3tools.release_zip import read_release
+    from ae3tools.release.openmv_zip import read_release
 
     release = read_release(path)
     problems = [f for a in release.artifacts.values() for f in a.findings]
@@ -303,7 +303,7 @@ def keypair(
 
     Example: ae3tools keypair -o release.pem
     """
-    from ae3tools.signing import make_key_pair
+    from ae3tools.release.signing import make_key_pair
 
     public, fingerprint = make_key_pair(output, force=force)
     if as_json:

@@ -24,9 +24,9 @@ from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS, LATEST_BOOTLOADER
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
+    from ae3tools.device.reach import PortSource, Selector
+    from ae3tools.device.session import Session
     from ae3tools.dfu.flash import FlashFailed
-    from ae3tools.reach import PortSource, Selector
-    from ae3tools.session import Session
 
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
 
@@ -202,7 +202,7 @@ class Target:
     def reboot_wait(self) -> float:
         """How long a running camera may take to come back as a bootloader: 10 s
         (openmv-protocol.md §6.2 step 6), or less if --wait-timeout says so."""
-        from ae3tools.reach import BOOTLOADER_TIMEOUT
+        from ae3tools.device.reach import BOOTLOADER_TIMEOUT
 
         return min(self.wait_timeout, BOOTLOADER_TIMEOUT)
 
@@ -216,7 +216,7 @@ class Target:
 
     def selector(self) -> Selector:
         """The one camera this command talks to."""
-        from ae3tools.reach import Selector
+        from ae3tools.device.reach import Selector
 
         for option, values in (("--serial", self.serials), ("--path", self.paths)):
             if len(values) > 1:
@@ -231,7 +231,7 @@ class Target:
     def selectors(self) -> list[Selector]:
         """The cameras a many-camera command picks: one selector per --serial, --path and
         --port; none given, every camera (one selector that matches all)."""
-        from ae3tools.reach import Selector
+        from ae3tools.device.reach import Selector
 
         picked = [Selector(serial=s) for s in self.serials]
         picked += [Selector(path=p) for p in self.paths]
@@ -243,8 +243,8 @@ class Target:
             from ae3tools.dfu.host import libusb_backend
 
             return libusb_backend()
-        from ae3tools.camera.virtual import virtual_bus
-        from ae3tools.dfu.virtual import CameraInUse, Timing
+        from ae3tools.virtual.bootloader import CameraInUse, Timing
+        from ae3tools.virtual.camera import virtual_bus
 
         resolved = [directory.resolve() for directory in self.virtual]
         for index, directory in enumerate(resolved):
@@ -277,7 +277,7 @@ class Target:
             from ae3tools.camera.port import camera_ports
 
             return camera_ports
-        from ae3tools.camera.virtual import virtual_ports
+        from ae3tools.virtual.camera import virtual_ports
 
         return lambda: virtual_ports(backend)
 
@@ -296,7 +296,7 @@ class Target:
 
 
 def shut(backend: Any) -> None:
-    from ae3tools.dfu.virtual_backend import VirtualBackend
+    from ae3tools.virtual.backend import VirtualBackend
 
     if isinstance(backend, VirtualBackend):
         backend.shutdown()
@@ -306,7 +306,7 @@ def shut(backend: Any) -> None:
 def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
     """Reach the camera's bootloader (sending a running camera there), open it, and check
     it is an AE3's. Progress lines go to stderr unless `quiet`."""
-    from ae3tools.session import open_session
+    from ae3tools.device.session import open_session
 
     def say(text: str) -> None:
         if not quiet:
@@ -336,8 +336,8 @@ def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
 
 
 def end_session(session: Session, reset: bool, *, quiet: bool = False) -> str:
-    """End the session (see `ae3tools.session.end_session`), warnings on stderr."""
-    from ae3tools.session import end_session as end
+    """End the session (see `ae3tools.device.session.end_session`), warnings on stderr."""
+    from ae3tools.device.session import end_session as end
 
     return end(session, reset, warn=_quiet if quiet else err.print)
 

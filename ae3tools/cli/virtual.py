@@ -25,7 +25,7 @@ CamerasArgument = typer.Argument(
 
 
 def _set(directories: list[Path], plugged: bool, as_json: bool) -> None:
-    from ae3tools.camera.virtual import set_plugged
+    from ae3tools.virtual.camera import set_plugged
 
     for directory in directories:
         try:

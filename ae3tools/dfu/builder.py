@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ae3tools.board import DFU_BLOCK_SIZE, Memory, Partition, Role
-from ae3tools.bundle import BundleImage
 from ae3tools.findings import DeviceError
+from ae3tools.release.bundle import BundleImage
 
 
 class BlockDevice(Protocol):

@@ -20,7 +20,6 @@ from ae3tools.board import (
     partition_by_name,
     partition_for_role,
 )
-from ae3tools.bundle import BundleImage
 from ae3tools.dfu.builder import (
     FlashObserver,
     ImageComparison,
@@ -32,8 +31,9 @@ from ae3tools.dfu.builder import (
 from ae3tools.dfu.host import DfuSession
 from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.findings import DeviceError, UsageError, errors_in
-from ae3tools.key import check_key
-from ae3tools.romfs import is_romfs, romfs_extent
+from ae3tools.formats.key import check_key
+from ae3tools.formats.romfs import is_romfs, romfs_extent
+from ae3tools.release.bundle import BundleImage
 
 
 class FlashFailed(DeviceError):

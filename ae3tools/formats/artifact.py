@@ -21,13 +21,13 @@ from ae3tools.board import (
     Role,
     partition_for_role,
 )
-from ae3tools.dfu_suffix import has_suffix, split_suffix
 from ae3tools.fileio import read_input
 from ae3tools.findings import Ae3Error, Finding, error, errors_in, warning, warnings_in
-from ae3tools.firmware import FirmwareIdentity, check_firmware, core_of, firmware_identity
-from ae3tools.intel_hex import looks_like_hex, parse_hex
-from ae3tools.key import check_key, looks_like_key
-from ae3tools.romfs import RomfsImage, is_romfs, parse_romfs
+from ae3tools.formats.dfu_suffix import has_suffix, split_suffix
+from ae3tools.formats.firmware import FirmwareIdentity, check_firmware, core_of, firmware_identity
+from ae3tools.formats.intel_hex import looks_like_hex, parse_hex
+from ae3tools.formats.key import check_key, looks_like_key
+from ae3tools.formats.romfs import RomfsImage, is_romfs, parse_romfs
 
 # No AE3 image exceeds its partition; a HEX text of the largest is about 2.8x bigger.
 MAX_INPUT_SIZE = 3 * max(p.size for p in PARTITIONS)

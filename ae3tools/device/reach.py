@@ -25,7 +25,7 @@ from ae3tools.dfu.host import (
     read_serial,
 )
 from ae3tools.findings import DeviceError, UsageError
-from ae3tools.identity import (
+from ae3tools.formats.identity import (
     NO_SERIAL_APPLICATION,
     application_serial,
     running_camera_is,

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ae3tools import __version__
-from ae3tools.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members, safe_name
-from ae3tools.artifact import Artifact, examine, load_artifact
 from ae3tools.board import (
     BOARD_NAME,
     BOOTLOADER_PID,
@@ -45,8 +43,16 @@ from ae3tools.findings import (
     warning,
     warnings_in,
 )
-from ae3tools.firmware import FirmwareIdentity, build_mismatch, identities
-from ae3tools.signing import (
+from ae3tools.formats.artifact import Artifact, examine, load_artifact
+from ae3tools.formats.firmware import FirmwareIdentity, build_mismatch, identities
+from ae3tools.release.archive import (
+    ZIP_ERRORS,
+    ArchiveRefused,
+    read_member,
+    safe_members,
+    safe_name,
+)
+from ae3tools.release.signing import (
     MAX_SIGNATURE_SIZE,
     SIGNATURE_NAME,
     Signature,
@@ -437,7 +443,7 @@ _MAX_SHOWN = 200  # characters of a schema message: it may quote a huge value
 def _schema_validator() -> Any:
     import jsonschema  # imported here: only reading a bundle needs it
 
-    schema = json.loads(resources.files("ae3tools").joinpath(SCHEMA_NAME).read_text())
+    schema = json.loads(resources.files("ae3tools.release").joinpath(SCHEMA_NAME).read_text())
     base = jsonschema.Draft202012Validator
     # JSON Schema counts 1.0 as an integer; a manifest written by a program never holds
     # one, so a float where an integer belongs is refused as the wrong type.

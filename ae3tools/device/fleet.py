@@ -5,7 +5,7 @@ A camera is known by its application serial (openmv-protocol.md §1.4), which bo
 states give: the running camera reports it, and its bootloader's maps to it. That is how
 a camera flashed from its running state is not taken for a new one when its bootloader
 appears, and how the station tells a re-plugged camera from one coming back after its
-reset. Each worker reaches its own camera (`ae3tools.session`) and reports a
+reset. Each worker reaches its own camera (`ae3tools.device.session`) and reports a
 `CameraResult`; one camera failing never stops the others.
 """
 
@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ae3tools.board import Role
-from ae3tools.bundle import BundleImage
 from ae3tools.camera.reboot import RunningCamera
+from ae3tools.device.reach import BOOTLOADER_TIMEOUT, PortSource, Selector
+from ae3tools.device.session import end_session, open_session
 from ae3tools.dfu.builder import FlashObserver, ImageResult
 from ae3tools.dfu.flash import FlashFailed, flash_images
 from ae3tools.dfu.host import BootloaderInfo, device_path, find_bootloaders, read_serial
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
 from ae3tools.findings import DeviceError
-from ae3tools.identity import NO_SERIAL_APPLICATION, application_serial
-from ae3tools.reach import BOOTLOADER_TIMEOUT, PortSource, Selector
-from ae3tools.session import end_session, open_session
+from ae3tools.formats.identity import NO_SERIAL_APPLICATION, application_serial
+from ae3tools.release.bundle import BundleImage
 
 BOOTLOADER, APPLICATION = "bootloader", "application"
 STATION_POLL = 0.1  # s: well inside a bootloader's 1.5 s listen window (§8.1)

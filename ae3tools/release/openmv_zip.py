@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ae3tools.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members
-from ae3tools.artifact import Artifact, examine
 from ae3tools.board import BOARD_NAME, FLASH_ORDER, Role, partition_for_role
-from ae3tools.bundle import (
+from ae3tools.findings import Ae3Error, UsageError
+from ae3tools.formats.artifact import Artifact, examine
+from ae3tools.release.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members
+from ae3tools.release.bundle import (
     MANIFEST_NAME,
     BundleImage,
     Input,
@@ -28,8 +29,7 @@ from ae3tools.bundle import (
     inputs_from_directory,
     read_bundle,
 )
-from ae3tools.findings import Ae3Error, UsageError
-from ae3tools.signing import TrustedKey
+from ae3tools.release.signing import TrustedKey
 
 # §1: folders of a tagged release that hold no board's firmware.
 WIFI_FOLDERS = frozenset({"CYW4343", "WINC1500"})

@@ -28,14 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ae3tools.board import APPLICATION_PID, USB_VID
-from ae3tools.camera.application import (
-    FIRMWARES,
-    AppFault,
-    BootRequest,
-    Firmware,
-    VirtualApplication,
-    split_faults,
-)
 from ae3tools.camera.port import CameraPort
 from ae3tools.dfu.protocol import (
     LATEST_BOOTLOADER,
@@ -44,7 +36,16 @@ from ae3tools.dfu.protocol import (
     StdRequest,
     bootloader_release,
 )
-from ae3tools.dfu.virtual import (
+from ae3tools.formats.identity import NO_SERIAL_APPLICATION, application_serial
+from ae3tools.virtual.application import (
+    FIRMWARES,
+    AppFault,
+    BootRequest,
+    Firmware,
+    VirtualApplication,
+    split_faults,
+)
+from ae3tools.virtual.bootloader import (
     DEFAULT_SERIAL,
     VIRTUAL_BUS,
     DeviceMemory,
@@ -59,10 +60,9 @@ from ae3tools.dfu.virtual import (
     string_descriptor,
     virtual_serial,
 )
-from ae3tools.identity import NO_SERIAL_APPLICATION, application_serial
 
 if TYPE_CHECKING:
-    from ae3tools.dfu.virtual_backend import VirtualBackend
+    from ae3tools.virtual.backend import VirtualBackend
 
 # §1.1: the application's device descriptor (IAD composite; bcdDevice fixed at 0x0100).
 APP_DEVICE_DESCRIPTOR = (
@@ -481,7 +481,7 @@ def virtual_bus(
     ValueError for a mode, bootloader or fault that does not parse; CameraInUse or
     OSError for a directory another process runs or that cannot be one.
     """
-    from ae3tools.dfu.virtual_backend import VirtualBackend
+    from ae3tools.virtual.backend import VirtualBackend
 
     if mode not in VIRTUAL_MODES:
         raise ValueError(f"virtual mode {mode!r}: expected one of {', '.join(VIRTUAL_MODES)}")

@@ -1,7 +1,7 @@
 """Run a program against a virtual AE3 through real libusb and real tty discovery.
 
 A umockdev Testbed shows what is on the virtual camera's bus port now: its bootloader
-(usbdevfs answered by `ae3tools.dfu.umockdev_bridge`), or, when it starts as a running
+(usbdevfs answered by `ae3tools.virtual.usbfs`), or, when it starts as a running
 camera (--mode app...), the application's USB device with its CDC interface and a
 /dev/ttyACM0 whose pseudo-terminal the application is served on (`ae3tools.camera`).
 So dfu-util and libusb find the bootloader, pyserial's own port discovery finds the
@@ -10,7 +10,7 @@ both, unmodified. The memory is the one `ae3tools ... --virtual DIR` uses.
 
 Run with Debian's python3 (it has the GObject bindings), through scripts/with-virtual-ae3:
 
-    python3 -m ae3tools.virtual_bridge --memory DIR [--mode app] -- ae3tools flash b.zip
+    python3 -m ae3tools.virtual.bridge --memory DIR [--mode app] -- ae3tools flash b.zip
 
 This process and the command both run under libumockdev-preload; the command's exit
 status is this program's.
@@ -38,16 +38,23 @@ gi.require_version("UMockdev", "1.0")
 from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E402
 
 from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID  # noqa: E402
-from ae3tools.camera.application import FIRMWARES, split_faults  # noqa: E402
-from ae3tools.camera.virtual import (  # noqa: E402
+from ae3tools.dfu.protocol import LATEST_BOOTLOADER, bootloader_release  # noqa: E402
+from ae3tools.virtual.application import FIRMWARES, split_faults  # noqa: E402
+from ae3tools.virtual.bootloader import (  # noqa: E402
+    CameraInUse,
+    DeviceMemory,
+    Fault,
+    Timing,
+    VirtualAE3,
+)
+from ae3tools.virtual.camera import (  # noqa: E402
     BOOTLOADER_MODE,
     VIRTUAL_MODES,
     AppUsbDevice,
     PtyPort,
     VirtualCamera,
 )
-from ae3tools.dfu.protocol import LATEST_BOOTLOADER, bootloader_release  # noqa: E402
-from ae3tools.dfu.umockdev_bridge import (  # noqa: E402
+from ae3tools.virtual.usbfs import (  # noqa: E402
     BUS,
     LISTEN_WINDOW,
     UNPLUG_NOTICE_DELAY,
@@ -55,13 +62,6 @@ from ae3tools.dfu.umockdev_bridge import (  # noqa: E402
     _Handler,
     node_of,
     usb_record,
-)
-from ae3tools.dfu.virtual import (  # noqa: E402
-    CameraInUse,
-    DeviceMemory,
-    Fault,
-    Timing,
-    VirtualAE3,
 )
 
 PRELOAD = "libumockdev-preload.so.0"

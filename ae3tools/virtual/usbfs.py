@@ -4,7 +4,7 @@ A umockdev Testbed holds the device's sysfs entry; an ioctl handler answers the 
 ioctls that libusb issues on /dev/bus/usb/001/NNN by feeding the same `VirtualAE3` the
 in-process pyusb backend uses: one model of the device, two ways in. Facts this rests
 on are in umockdev-usb.md (probed on Debian bookworm, umockdev 0.17, libusb 1.0.26).
-`ae3tools.virtual_bridge` runs a program against it (scripts/with-virtual-ae3).
+`ae3tools.virtual.bridge` runs a program against it (scripts/with-virtual-ae3).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import gi  # type: ignore[import-not-found]
 gi.require_version("UMockdev", "1.0")
 from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E402
 
-from ae3tools.dfu.virtual import (  # noqa: E402
+from ae3tools.virtual.bootloader import (  # noqa: E402
     DeviceTimeout,
     NoDevice,
     Setup,

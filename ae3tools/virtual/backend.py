@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import usb.backend
 import usb.core
 
-from ae3tools.dfu.virtual import (
+from ae3tools.virtual.bootloader import (
     VIRTUAL_BUS,
     CameraInUse,
     DeviceMemory,

@@ -14,9 +14,7 @@ from typing import Any
 
 from ae3tools.board import APPLICATION_PID, USB_VID
 from ae3tools.camera.reboot import RunningCamera
-from ae3tools.dfu.host import BootloaderInfo, DfuSession
-from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
-from ae3tools.reach import (
+from ae3tools.device.reach import (
     APPLICATION_TIMEOUT,
     BOOTLOADER_TIMEOUT,
     PortSource,
@@ -25,6 +23,8 @@ from ae3tools.reach import (
     await_application,
     reach_bootloader,
 )
+from ae3tools.dfu.host import BootloaderInfo, DfuSession
+from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
 
 
 @dataclass

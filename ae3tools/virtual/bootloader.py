@@ -3,7 +3,7 @@
 `VirtualAE3.control()` takes a SETUP packet (and OUT data) and answers as the real
 bootloader would: descriptors (spec §1), the DFU state machine with TinyUSB's and
 OpenMV's quirks (§4-§7), the listen window and the ways a session ends (§8). Two
-adapters reach it: a pyusb backend (`ae3tools.dfu.virtual_backend`) and, for real
+adapters reach it: a pyusb backend (`ae3tools.virtual.backend`) and, for real
 libusb programs, a umockdev ioctl handler. Section numbers below are the spec's.
 """
 

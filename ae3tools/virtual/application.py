@@ -5,7 +5,7 @@ line coding and DTR choose between the REPL and the debug protocol per generatio
 protocol V2 with its parser, sequence counter, ACK_REQ and retransmissions (§3); the
 legacy usbdbg commands, where v4.7.0 dies on a unit not starting with 0x30 (§4); and the
 requests that send the camera to its bootloader (§5), reported to the owner as a
-`BootRequest`. No I/O and no threads: `ae3tools.camera.virtual` serves it on a
+`BootRequest`. No I/O and no threads: `ae3tools.virtual.camera` serves it on a
 pseudo-terminal.
 """
 
