@@ -144,7 +144,7 @@ def host_cost(images: list[BundleImage]) -> None:
 
 
 def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)) -> None:
-    from ae3tools.device.fleet import FlashJob, Worker, attached_cameras, flash_cameras
+    from ae3tools.device.fleet import FlashJob, Worker, cameras_for, flash_cameras
     from ae3tools.dfu.protocol import LATEST_BOOTLOADER
     from ae3tools.virtual.camera import VirtualCamera
 
@@ -165,7 +165,7 @@ def many_cameras(images: list[BundleImage], counts: Sequence[int] = (1, 2, 4, 8)
             for index, memory in enumerate(memories)
         ]  # fmt: skip
         backend = VirtualBackend(cameras)
-        found = attached_cameras(backend, list)
+        found = cameras_for(backend, list)
         started, cpu = time.perf_counter(), time.process_time()
         results = flash_cameras(Worker(backend, list, FlashJob(tuple(new_images))), found)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu

@@ -86,20 +86,25 @@ def mpremote_build(source: Path, output: Path) -> bytes:
     return output.read_bytes()
 
 
+# Tests that need a peer this machine may lack, and what the summary calls them.
+WITNESSED = {"test_bridge.py": "bridge tests", "test_openmv_client.py": "openmv client tests"}
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say plainly how many umockdev bridge tests ran, and why any were skipped."""
-    ran = skipped = 0
-    reasons: set[str] = set()
-    for outcome in ("passed", "failed", "error", "skipped"):
-        for report in terminalreporter.stats.get(outcome, []):
-            if "test_bridge.py" not in getattr(report, "nodeid", ""):
-                continue
-            if outcome == "skipped":
-                skipped += 1
-                if isinstance(report.longrepr, tuple):
-                    reasons.add(str(report.longrepr[2]).removeprefix("Skipped: "))
-            elif report.when == "call" or outcome == "error":
-                ran += 1
-    if ran or skipped:
-        why = f" ({'; '.join(sorted(reasons))})" if reasons else ""
-        terminalreporter.write_line(f"bridge tests: {ran} ran, {skipped} skipped{why}")
+    """Say plainly how many tests of each peer ran, and why any were skipped."""
+    for module, title in WITNESSED.items():
+        ran = skipped = 0
+        reasons: set[str] = set()
+        for outcome in ("passed", "failed", "error", "skipped"):
+            for report in terminalreporter.stats.get(outcome, []):
+                if module not in getattr(report, "nodeid", ""):
+                    continue
+                if outcome == "skipped":
+                    skipped += 1
+                    if isinstance(report.longrepr, tuple):
+                        reasons.add(str(report.longrepr[2]).removeprefix("Skipped: "))
+                elif report.when == "call" or outcome == "error":
+                    ran += 1
+        if ran or skipped:
+            why = f" ({'; '.join(sorted(reasons))})" if reasons else ""
+            terminalreporter.write_line(f"{title}: {ran} ran, {skipped} skipped{why}")

@@ -314,7 +314,7 @@ def test_reboot_and_flash_through_pyserial_and_libusb(
 def test_dfu_util_users_no_longer_replug(tmp_path: Path) -> None:
     """`ae3tools bootloader`, then dfu-util finds the camera: no listen window to catch."""
     script = (
-        f"dfu-util -l | grep -c 'Found DFU' || true; {AE3TOOLS} bootloader --wait >/dev/null && "
+        f"dfu-util -l | grep -c 'Found DFU' || true; {AE3TOOLS} bootloader >/dev/null && "
         "dfu-util -l | grep -c 'Found DFU'"
     )
     result = shell(tmp_path / "cam", script, options=("--mode", "app-legacy"))

@@ -1,16 +1,12 @@
-"""The running camera's protocols, as bytes: the spec's worked examples (openmv-protocol.md
-§3.11), the serial mapping (§1.4), and the virtual application against the simulator
-checklist (§7), fed bytes and line states directly."""
+"""The running camera's protocols as data: the spec's worked examples (openmv-protocol.md
+§3.11), the serial mapping (§1.4), and how the host tells a v4 reply from noise (§6.1).
+The virtual camera's side is in test_virtual_camera.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from ae3tools.camera.protocol import (
-    REPL_BAUD,
-    TOUCH_BAUD,
-    USBDBG_FAST_BAUD,
-    V2_BAUD,
     BadPacket,
     Caps,
     Flag,
@@ -23,14 +19,8 @@ from ae3tools.camera.protocol import (
     pack_caps,
     usbdbg_command,
 )
+from ae3tools.camera.reboot import implausible_v2, plausible_usbdbg
 from ae3tools.formats.identity import application_serial, same_camera
-from ae3tools.virtual.application import (
-    FIRMWARES,
-    AppFault,
-    BootRequest,
-    VirtualApplication,
-    split_faults,
-)
 
 H = bytes.fromhex
 
@@ -133,186 +123,28 @@ def test_serial_mapping() -> None:
     assert not same_camera("0" * 24, "0" * 16)  # a failed SE call names no camera
 
 
-# ------------------------------------------------------------------ the virtual application
+@pytest.mark.parametrize(
+    ("reply", "version"),
+    [
+        ("04 00 00 00 08 00 00 00 01 00 00 00", (4, 8, 1)),
+        ("04 00 00 00 07 00 00 00 00 00 00 00", (4, 7, 0)),
+        # §6.1: a printing v5 camera's stdout events, read as 12 bytes, are not a version.
+        ("AA D5 00 02 20 29 00 00 45 CB AA D5", None),
+        ("04 00 00 00 09 00 00 00 00 00 00 00", None),  # no v4.9 exists
+        ("05 00 00 00 00 00 00 00 00 00 00 00", None),
+        ("04 00 00 00 08 00 00 00 00 01 00 00", None),  # patch 256
+        ("04 00 00 00 08 00 00 00 01 00 00", None),  # 11 bytes
+    ],
+)
+def test_a_usbdbg_version_is_believed_only_if_one_was_released(
+    reply: str, version: tuple[int, int, int] | None
+) -> None:
+    assert plausible_usbdbg(H(reply)) == version
 
 
-def app(mode: str = "app", **kwargs: object) -> VirtualApplication:
-    clock = kwargs.pop("clock", None)
-    camera = VirtualApplication(
-        FIRMWARES[mode],
-        serial="9fab9ab381000000",
-        reported_bootloader=(1, 0, 3),
-        arch_id="9FAB9AB38100000000000000",
-        **({"clock": clock} if clock else {}),  # type: ignore[arg-type]
-        **kwargs,  # type: ignore[arg-type]
-    )
-    camera.set_line(V2_BAUD, True)
-    return camera
-
-
-SYNC = Packet(Opcode.PROTO_SYNC).encode()
-SYNC_ACK = H("AA D5 00 00 01 00 00 00 08 46")
-
-
-def test_v2_sync_version_and_boot() -> None:
-    camera = app()
-    assert camera.receive(SYNC) == SYNC_ACK
-    reply = decode(camera.receive(Packet(Opcode.PROTO_VERSION, 1).encode()))
-    assert reply.flags == Flag.ACK_REQ and reply.sequence == 1
-    assert reply.payload[:9] == H("01 00 02 01 00 03 05 00 00")  # proto 1.0.2, boot 1.0.3, fw 5.0.0
-    assert camera.receive(Packet(Opcode.PROTO_VERSION, 1, flags=Flag.ACK).encode()) == b""
-    assert camera.receive(Packet(Opcode.SYS_BOOT, 2).encode()) == b""  # no reply (§3.5)
-    assert camera.boot_request is BootRequest.FORCED
-
-
-def test_v2_sys_reset_is_not_forced() -> None:
-    camera = app()
-    camera.receive(SYNC)
-    camera.receive(Packet(Opcode.SYS_RESET, 1).encode())
-    assert camera.boot_request is BootRequest.NORMAL
-
-
-def test_v2_parser_checklist() -> None:
-    camera = app()
-    camera.receive(SYNC)
-    # A bad header CRC: silent; the parser skips a byte and finds nothing more.
-    broken = bytearray(Packet(Opcode.PROTO_VERSION, 1).encode())
-    broken[9] ^= 0xFF
-    assert camera.receive(bytes(broken)) == b""
-    # A bad payload CRC: NAK CHECKSUM, the packet consumed (the spec's example, at seq 0).
-    camera = app()
-    set_caps = bytearray(Packet(Opcode.PROTO_SET_CAPS, 0, payload=bytes(16)).encode())
-    set_caps[-1] ^= 0xFF
-    assert camera.receive(bytes(set_caps)) == H("AA D5 00 00 02 02 02 00 B3 6E 05 00 BB 93 F8 DC")
-    # A system opcode on channel 1: NAK INVALID; an unknown opcode: NAK INVALID.
-    camera = app()
-    on_channel = Packet(Opcode.SYS_BOOT, 0, channel=1).encode()
-    assert camera.receive(on_channel) == H("AA D5 00 01 02 11 02 00 51 52 02 00 D5 4A 11 C4")
-    assert camera.boot_request is None
-    camera = app()
-    assert camera.receive(Packet(0x30).encode()) == H(
-        "AA D5 00 00 02 30 02 00 0E 63 02 00 D5 4A 11 C4"
-    )
-    # A request out of sequence: NAK SEQUENCE, and it is not acted on.
-    camera = app()
-    nak = camera.receive(Packet(Opcode.SYS_BOOT, 5).encode())
-    assert nak.startswith(H("AA D5 00 00 02 11 02 00 2A 0F 06 00")) and camera.boot_request is None
-    # Longer than the negotiated payload: NAK OVERFLOW.
-    camera = app()
-    camera.receive(SYNC)
-    camera.receive(Packet(Opcode.PROTO_SET_CAPS, 1, payload=pack_caps(Caps(0x03), 64)).encode())
-    overflow = decode(camera.receive(Packet(0x27, 2, channel=1, payload=bytes(65)).encode()))
-    assert overflow.nak_status is not None and overflow.nak_status.name == "OVERFLOW"
-
-
-def test_split_reads_and_two_packets_in_one() -> None:
-    camera = app()
-    out = b"".join(camera.receive(bytes([byte])) for byte in SYNC)
-    assert out == SYNC_ACK
-    camera = app()
-    both = camera.receive(SYNC + Packet(Opcode.PROTO_GET_CAPS, 1).encode())
-    assert (
-        both.startswith(SYNC_ACK) and decode(both[len(SYNC_ACK) :]).opcode == Opcode.PROTO_GET_CAPS
-    )
-
-
-def test_a_truncated_packet_waits_until_a_later_sync_recovers() -> None:
-    camera = app()
-    truncated = Packet(0x27, 0, channel=1, payload=bytes(40)).encode()[:20]
-    assert camera.receive(truncated) == b""  # no timeout: it waits for the rest
-    assert camera.receive(SYNC) == SYNC_ACK  # SYNC recovery (§3.8 step 3)
-
-
-def test_ack_req_retransmissions_then_reset() -> None:
-    now = [0.0]
-    camera = app(clock=lambda: now[0])
-    camera.receive(SYNC)
-    version = camera.receive(Packet(Opcode.PROTO_VERSION, 1).encode())
-    assert decode(version).flags == Flag.ACK_REQ
-    resent = []
-    for t in (0.49, 0.5, 1.5, 3.5):
-        now[0] = t
-        resent.append(camera.poll())
-    assert resent[0] == b"" and all(resent[1:])
-    assert all(decode(r).flags == Flag.ACK_REQ | Flag.RTX for r in resent[1:])
-    # While it waits, other requests stay buffered; the matching ACK releases them.
-    assert camera.receive(Packet(Opcode.PROTO_GET_CAPS, 2).encode()) == b""
-    caps = camera.receive(Packet(Opcode.PROTO_VERSION, 1, flags=Flag.ACK).encode())
-    assert decode(caps).opcode == Opcode.PROTO_GET_CAPS
-    # That reply (sent at 3.5 s) is never acknowledged: resent at +0.5, +1.5, +3.5 s,
-    # and at +7.5 s the protocol resets, sequence back to 0 (§3.6).
-    for t in (4.0, 5.0, 7.0):
-        now[0] = t
-        assert decode(camera.poll()).flags == Flag.ACK_REQ | Flag.RTX
-    now[0] = 10.9
-    assert camera.poll() == b"" and camera.awaiting is not None
-    now[0] = 11.0
-    assert camera.poll() == b"" and camera.awaiting is None and camera.sequence == 0
-
-
-def test_mode_follows_line_coding_and_dtr() -> None:
-    camera = app()
-    camera.set_line(REPL_BAUD, True)
-    assert camera.receive(SYNC) == SYNC  # the REPL echoes; no protocol at the wrong baud
-    camera.set_line(USBDBG_FAST_BAUD, True)
-    assert camera.receive(SYNC) == SYNC  # 12 Mbaud does not activate V2 on G3
-    legacy = app("app-legacy")
-    legacy.set_line(USBDBG_FAST_BAUD, True)
-    assert len(legacy.receive(usbdbg_command(UsbdbgCommand.FW_VERSION))) == 12
-    legacy.set_line(USBDBG_FAST_BAUD, False)
-    assert legacy.receive(usbdbg_command(UsbdbgCommand.FW_VERSION)) == b""  # DTR=1 needed
-    legacy.set_line(TOUCH_BAUD, False)  # the 1200-baud touch: no DTR, no write
-    assert legacy.boot_request is BootRequest.FORCED
-    g3 = app()
-    g3.set_line(TOUCH_BAUD, True)
-    assert g3.boot_request is None  # G3 has no touch (§2.1)
-
-
-def test_usbdbg_replies_and_bootloader_requests() -> None:
-    camera = app("app-legacy")
-    assert camera.receive(usbdbg_command(UsbdbgCommand.FW_VERSION)) == H(
-        "04 00 00 00 08 00 00 00 01 00 00 00"
-    )
-    arch = camera.receive(usbdbg_command(UsbdbgCommand.ARCH_STR))
-    assert len(arch) == 64 and arch.startswith(b"OPENMV AE3 [AE3:9FAB9AB38100000000000000]\0")
-    camera.receive(usbdbg_command(UsbdbgCommand.SYS_RESET_TO_BL))
-    assert camera.boot_request is BootRequest.FORCED
-    camera = app("app-legacy")
-    camera.receive(usbdbg_command(UsbdbgCommand.SYS_RESET))
-    assert camera.boot_request is BootRequest.NORMAL
-
-
-def test_v4_7_dies_on_a_v2_packet_and_v4_8_ignores_it() -> None:
-    # §4.3: why the host asks usbdbg first. A PROTO_SYNC's first 6 bytes do not start
-    # with 0x30: fatal on v4.7.0, ignored on v4.8.
-    v47 = app("app-4.7")
-    assert v47.receive(SYNC) == b"" and v47.crashed and v47.notes
-    assert v47.receive(usbdbg_command(UsbdbgCommand.FW_VERSION)) == b""  # never again
-    v48 = app("app-legacy")
-    v48.receive(SYNC[:6])
-    assert not v48.crashed
-    assert len(v48.receive(usbdbg_command(UsbdbgCommand.FW_VERSION))) == 12
-    # A V2 camera discards the usbdbg probe while it scans for AA D5 (§6.1).
-    v5 = app()
-    assert v5.receive(usbdbg_command(UsbdbgCommand.FW_VERSION)) == b""
-    assert v5.receive(SYNC) == SYNC_ACK
-
-
-def test_injected_faults() -> None:
-    assert app(faults=frozenset({AppFault.MUTE})).receive(SYNC) == b""
-    bad = app(faults=frozenset({AppFault.BAD_CRC})).receive(SYNC)
-    with pytest.raises(BadPacket):
-        decode(bad)
-    stuck = app(faults=frozenset({AppFault.STUCK}))
-    stuck.receive(SYNC)
-    stuck.receive(Packet(Opcode.SYS_BOOT, 1).encode())
-    assert stuck.boot_request is None and stuck.crashed
-    chatty = app(faults=frozenset({AppFault.EVENTS}))
-    out = chatty.receive(SYNC)
-    assert out == H("AA D5 00 02 20 29 00 00") + out[8:10] + SYNC_ACK  # an event, then the ACK
-    assert split_faults(["app:mute,status:alt=HP:block=1", "app:gone"]) == (
-        ["status:alt=HP:block=1"],
-        frozenset({AppFault.MUTE, AppFault.GONE}),
-    )
-    with pytest.raises(ValueError, match="app:mute"):
-        split_faults(["app:nonsense"])
+def test_implausible_v2_versions_are_named() -> None:
+    assert implausible_v2((1, 0, 2), (5, 0, 0)) is None
+    assert implausible_v2((1, 0, 2), (5, 12, 3)) is None
+    assert "firmware version 0.0.0" in (implausible_v2((1, 0, 2), (0, 0, 0)) or "")
+    assert "firmware version 4.8.1" in (implausible_v2((1, 0, 2), (4, 8, 1)) or "")
+    assert "protocol version 2.0.0" in (implausible_v2((2, 0, 0), (5, 0, 0)) or "")

@@ -10,7 +10,8 @@ import pytest
 import usb.core
 
 from ae3tools.board import Role, partition_by_name
-from ae3tools.device.reach import Selector, find_camera, reach_bootloader
+from ae3tools.device.discovery import Selector
+from ae3tools.device.reach import find_camera, reach_bootloader
 from ae3tools.dfu.host import (
     DfuSession,
     describe_usb_error,
@@ -169,8 +170,9 @@ def test_several_devices_need_a_selector() -> None:
     with pytest.raises(UsageError, match=r"2 AE3s found.*--serial, --path"):
         find_camera(backend, lambda: no_ports, Selector())
     chosen = find_camera(backend, lambda: no_ports, Selector(serial="0123456789ABCDEF01234567"))
-    assert chosen.port_numbers == (2,)
-    assert find_camera(backend, lambda: no_ports, Selector(path="1-1")).port_numbers == (1,)
+    assert chosen is not None and chosen.device.port_numbers == (2,) and chosen.where == "1-2"
+    by_path = find_camera(backend, lambda: no_ports, Selector(path="1-1"))
+    assert by_path is not None and by_path.device.port_numbers == (1,)
     assert find_camera(backend, lambda: no_ports, Selector(serial="NOPE")) is None
     with pytest.raises(DeviceError, match="with serial NOPE"):
         reach_bootloader(backend, lambda: no_ports, Selector(serial="NOPE"))

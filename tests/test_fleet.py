@@ -18,15 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ae3tools.device.fleet import (
-    FlashJob,
-    FoundCamera,
-    PlugTracker,
-    SerialCache,
-    Worker,
-    attached_cameras,
-    flash_cameras,
-)
+from ae3tools.device.discovery import AttachedCamera, SerialCache
+from ae3tools.device.fleet import FlashJob, PlugTracker, Worker, cameras_for, flash_cameras
 from ae3tools.dfu.protocol import LATEST_BOOTLOADER
 from ae3tools.formats.identity import application_serial
 from ae3tools.release.bundle import BundleImage, read_bundle
@@ -166,7 +159,7 @@ def test_one_failing_camera_does_not_stop_the_others(tmp_path: Path, bundle: Pat
     backend = VirtualBackend(cameras)
     try:
         ports = lambda: virtual_ports(backend)  # noqa: E731
-        found = attached_cameras(backend, ports)
+        found = cameras_for(backend, ports)
         images = read_bundle(bundle)
         results = flash_cameras(Worker(backend, ports, FlashJob(tuple(images))), found)
     finally:
@@ -293,8 +286,8 @@ def _sha256(path: Path) -> str:
 
 
 def test_a_flashed_camera_is_due_again_only_after_a_replug() -> None:
-    boot = FoundCamera("bootloader", "1-1", "F5D1E63B4A00" + "0" * 12)
-    running = FoundCamera("application", "/dev/ttyACM0", application_serial(boot.serial or ""))
+    boot = AttachedCamera("bootloader", "1-1", "F5D1E63B4A00" + "0" * 12)
+    running = AttachedCamera("application", "/dev/ttyACM0", application_serial(boot.serial or ""))
     assert boot.handle == running.handle == "eb44ceca00000000"  # one camera, two states
     plugs = PlugTracker()
     assert plugs.due([boot], busy=()) == [boot]
@@ -312,7 +305,7 @@ def test_a_flashed_camera_is_due_again_only_after_a_replug() -> None:
 
 
 def test_a_failed_camera_left_in_its_bootloader_waits_for_a_replug() -> None:
-    boot = FoundCamera("bootloader", "1-2", "3509015325F265E40748690F")
+    boot = AttachedCamera("bootloader", "1-2", "3509015325F265E40748690F")
     plugs = PlugTracker()
     assert plugs.due([boot], busy=()) == [boot]
     plugs.finished(boot.handle)
@@ -330,13 +323,13 @@ def test_the_station_asks_each_enumeration_for_its_serial_once(tmp_path: Path) -
     backend = VirtualBackend([camera])
     try:
         cache = SerialCache()
-        first = attached_cameras(backend, list, cache=cache)
+        first = cameras_for(backend, list, cache=cache)
         asked = camera.stats.control_transfers
         assert asked > 0 and [c.serial for c in first] == [virtual_serial(tmp_path / "a")]
         for _ in range(10):
-            assert attached_cameras(backend, list, cache=cache) == first
+            assert cameras_for(backend, list, cache=cache) == first
         assert camera.stats.control_transfers == asked  # ten looks, no transfer
-        attached_cameras(backend, list)  # without the cache: asked again
+        cameras_for(backend, list)  # without the cache: asked again
         assert camera.stats.control_transfers > asked
     finally:
         backend.shutdown()
@@ -350,7 +343,7 @@ def test_a_camera_stays_this_process_between_sessions(tmp_path: Path, bundle: Pa
 
     backend = virtual_bus([tmp_path / "a"], timing=Timing.zero())
     try:
-        (camera,) = attached_cameras(backend, list)
+        (camera,) = cameras_for(backend, list)
         (result,) = flash_cameras(
             Worker(backend, list, FlashJob(tuple(read_bundle(bundle)))), [camera]
         )

@@ -5,24 +5,32 @@ generation against every bootloader in the field (openmv-protocol.md, ae3-bootlo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
+import select
 import shutil
 import subprocess
 import sys
+import threading
+import tty
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import serial
 
-from ae3tools.device.reach import Selector, reach_bootloader
+from ae3tools.camera.protocol import Generation, version_text
+from ae3tools.device.discovery import Selector
+from ae3tools.device.reach import reach_bootloader
 from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, read_serial
 from ae3tools.dfu.protocol import BOOTLOADER_RELEASES, bootloader_release
 from ae3tools.findings import UsageError
 from ae3tools.formats.identity import NO_SERIAL_BOOTLOADER, application_serial
 from ae3tools.release.bundle import read_bundle
-from ae3tools.virtual.application import FIRMWARES
+from ae3tools.virtual.application import FIRMWARES, AppFault, BootRequest, Firmware
 from ae3tools.virtual.backend import VirtualBackend
 from ae3tools.virtual.bootloader import (
     DeviceMemory,
@@ -32,7 +40,7 @@ from ae3tools.virtual.bootloader import (
     virtual_serial,
 )
 from ae3tools.virtual.camera import VirtualCamera, virtual_ports
-from tests.conftest import eventually
+from tests.conftest import MPREMOTE, eventually
 
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")
 MODES = list(FIRMWARES)
@@ -58,21 +66,27 @@ def camera(mode: str = "app", bootloader: str = "1.0.3", **kwargs: object) -> Vi
 # ------------------------------------------------------------------ every generation
 
 
+@pytest.mark.parametrize("script", ["idle", "printing"])
 @pytest.mark.parametrize("bootloader", BOOTLOADERS)
 @pytest.mark.parametrize("mode", MODES)
 def test_reboot_flash_verify_on_every_generation(
-    cli, bundle: Path, tmp_path: Path, mode: str, bootloader: str
+    cli, bundle: Path, tmp_path: Path, mode: str, bootloader: str, script: str
 ) -> None:
+    """Idle, or running a script that prints (a v5 camera then sends a stdout event every
+    50 ms, unprompted: §6.1), on every firmware and every bootloader in the field."""
     cam = tmp_path / "cam"
+    faults = ["--fault", "app:printing"] if script == "printing" else []
     result = cli(
         "flash", bundle, "--virtual", cam, "--virtual-mode", mode,
-        "--virtual-bootloader", bootloader, "--json",
+        "--virtual-bootloader", bootloader, "--json", *faults,
     )  # fmt: skip
     assert result.code == 0, result.err
     report = json.loads(result.out)
     firmware = FIRMWARES[mode]
     assert report["was_running"]["firmware_version"] == ".".join(map(str, firmware.version))
     assert report["was_running"]["protocol"] == firmware.generation.protocol
+    assert report["was_running"]["answered"] == firmware.generation.protocol
+    assert report["was_running"]["bootloader_matched_by"].startswith("its serial")
     device = report["device"]
     assert device["bootloader_version"] == bootloader  # from bcdDevice, honestly
     assert device["boot_header_version"] == (None if bootloader == "1.0.0" else bootloader)
@@ -90,7 +104,7 @@ def test_the_final_reset_ends_every_bootloader_session(bundle: Path, bootloader:
     backend = VirtualBackend([cam])
     try:
         device, running = reach_bootloader(backend, lambda: virtual_ports(backend), Selector())
-        assert running is not None and running.port.serial == cam.serial
+        assert running is not None and running.camera.port.serial == cam.serial
         session = DfuSession(device)
         session.open()
         flash_images(session, read_bundle(bundle))
@@ -129,7 +143,7 @@ def test_the_bootloader_of_that_camera_and_no_other() -> None:
         with pytest.raises(UsageError, match=r"3 AE3s found.*running camera serial"):
             reach_bootloader(backend, ports, Selector())
         device, running = reach_bootloader(backend, ports, Selector(serial=second.serial))
-        assert running is not None and running.port.device.startswith("/dev/pts/")
+        assert running is not None and running.camera.port.device.startswith("/dev/pts/")
         assert read_serial(device) == "0123456789AB000000000002"
         assert application_serial(read_serial(device) or "") == second.serial
         assert first.app.boot_request is None and first.attached() is first.app_usb
@@ -148,7 +162,7 @@ def test_a_camera_whose_serial_is_unknown_takes_the_one_new_bootloader() -> None
     backend = VirtualBackend([cam])
     try:
         device, running = reach_bootloader(backend, lambda: virtual_ports(backend), Selector())
-        assert running is not None and running.port.serial == "0" * 16
+        assert running is not None and running.camera.port.serial == "0" * 16
         assert read_serial(device) == NO_SERIAL_BOOTLOADER
     finally:
         backend.shutdown()
@@ -157,34 +171,66 @@ def test_a_camera_whose_serial_is_unknown_takes_the_one_new_bootloader() -> None
 # ------------------------------------------------------------------ the bootloader command
 
 
-def test_bootloader_command(cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("script", ["idle", "printing"])
+@pytest.mark.parametrize("bootloader", BOOTLOADERS)
+@pytest.mark.parametrize("mode", MODES)
+def test_bootloader_command(cli, tmp_path: Path, mode: str, bootloader: str, script: str) -> None:
     cam = tmp_path / "cam"
-    result = cli("bootloader", "--virtual", cam, "--virtual-mode", "app", "--wait", "--json")
+    faults = ["--fault", "app:printing"] if script == "printing" else []
+    result = cli(
+        "bootloader", "--virtual", cam, "--virtual-mode", mode,
+        "--virtual-bootloader", bootloader, "--json", *faults,
+    )  # fmt: skip
     assert result.code == 0, result.err
     report = json.loads(result.out)
-    assert report["was_running"]["firmware_version"] == "5.0.0"
-    assert report["bootloader"]["bootloader_version"] == "1.0.3"
+    assert report["was_running"]["firmware_version"] == version_text(FIRMWARES[mode].version)
+    assert report["bootloader"]["bootloader_version"] == bootloader
+    assert report["bootloader"]["serial"] == virtual_serial(cam)
+    assert "maps to the camera's" in report["was_running"]["bootloader_matched_by"]
+
+
+def test_bootloader_command_text(cli, tmp_path: Path) -> None:
+    cam = tmp_path / "cam"
     text = cli("bootloader", "--virtual", cam, "--virtual-mode", "app-legacy")
-    assert text.code == 0 and "took the request and its port is closed" in text.out
+    assert text.code == 0, text.err
+    assert "went to its bootloader" in text.out and virtual_serial(cam) in text.out
     already = cli("bootloader", "--virtual", cam, "--virtual-mode", "bootloader")
     assert already.code == 0 and "in its bootloader already" in already.out
 
 
-def test_bootloader_on_any_tty_given_with_port(tmp_path: Path) -> None:
-    """--port takes a plain pseudo-terminal: nothing on USB, nothing to discover."""
+def test_a_port_with_no_usb_identity_takes_the_one_new_bootloader() -> None:
+    """--port on a plain tty: nothing discovers it, so its bootloader is the one that
+    appeared after the request, and the report says that is how it was matched."""
+    cam = camera("app")
+    backend = VirtualBackend([cam])
+    port = cam.port
+    assert port is not None
+    try:
+        device, rebooted = reach_bootloader(backend, list, Selector(port=port.device))
+        assert rebooted is not None and rebooted.camera.port.serial is None
+        assert "the only bootloader that appeared after the request" in rebooted.matched_by
+        assert read_serial(device) == cam.bootloader_serial
+    finally:
+        backend.shutdown()
+
+
+def test_bootloader_on_a_bare_tty_is_not_called_done_without_its_bootloader() -> None:
+    """The camera on a plain pseudo-terminal goes (its port vanishes), but its bootloader
+    is on no bus this command can see: what is known is said, and the status is 1."""
     cam = camera("app")
     port = cam.port
     assert port is not None
     try:
         result = subprocess.run(
-            [str(AE3TOOLS), "bootloader", "--port", port.device, "--json"],
+            [str(AE3TOOLS), "bootloader", "--port", port.device, "--wait-timeout", "1", "--json"],
             capture_output=True, text=True, timeout=60,
             env={k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_")},
         )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["was_running"]["port"] == port.device
-        # The camera's thread reads the request after the command has closed the port.
-        assert eventually(lambda: cam.app.boot_request is not None)
+        assert result.returncode == 1, result.stderr
+        error = json.loads(result.stdout)
+        assert error["ok"] is False
+        assert "reset, but did not come back as a bootloader" in error["error"]
+        assert cam.app.boot_request is not None  # it did take the request
     finally:
         cam.stop()
 
@@ -203,7 +249,9 @@ def test_devices_lists_running_cameras_and_bootloaders(cli, tmp_path: Path) -> N
             "serial": application_serial(virtual_serial(tmp_path / "a")),
             "firmware_version": "5.0.0",
             "protocol": "V2",
+            "answered": "V2",
             "reported_bootloader_version": "1.0.3",
+            "implausible": None,
         }
     ]
     legacy = cli("devices", "--virtual", tmp_path / "b", "--virtual-mode", "bootloader",
@@ -222,18 +270,28 @@ def _flash(cli, bundle: Path, cam: Path, *extra: str):  # type: ignore[no-untype
     return cli("flash", bundle, "--virtual", cam, "--virtual-mode", "app", "--json", *extra)
 
 
-def test_events_between_replies_are_skipped(cli, bundle: Path, tmp_path: Path) -> None:
-    result = _flash(cli, bundle, tmp_path / "cam", "--fault", "app:events")
+@pytest.mark.parametrize("mode", MODES)
+def test_the_repl_is_the_third_way_in(cli, bundle: Path, tmp_path: Path, mode: str) -> None:
+    """Neither debug protocol answers, the REPL does (§6.3): machine.bootloader()."""
+    cam = tmp_path / "cam"
+    result = cli(
+        "flash", bundle, "--virtual", cam, "--virtual-mode", mode, "--json",
+        "--fault", "app:repl-only,app:printing",
+    )  # fmt: skip
     assert result.code == 0, result.err
-    assert json.loads(result.out)["was_running"]["firmware_version"] == "5.0.0"
+    report = json.loads(result.out)
+    assert report["was_running"]["answered"] == "REPL"
+    assert report["was_running"]["firmware_version"] == version_text(FIRMWARES[mode].version)
+    assert all(image["verified"] for image in report["images"])
 
 
-def test_a_camera_answering_neither_protocol(cli, bundle: Path, tmp_path: Path) -> None:
+def test_a_camera_answering_none_of_its_ways(cli, bundle: Path, tmp_path: Path) -> None:
     result = _flash(cli, bundle, tmp_path / "cam", "--fault", "app:mute")
     assert result.code == 1
     error = json.loads(result.out)
     assert "answers neither OpenMV's v4 (usbdbg) nor its v5 protocol" in error["error"]
-    assert "Replug" in error["hint"] and "--wait" in error["hint"]
+    assert "nor its REPL" in error["error"]
+    assert "Replug" in error["hint"] and "reset button" in error["hint"]
     assert not (tmp_path / "cam" / "1-HP.bin").exists()  # nothing reached the camera
 
 
@@ -248,7 +306,10 @@ def test_a_camera_that_never_comes_back(cli, bundle: Path, tmp_path: Path, fault
     result = _flash(cli, bundle, tmp_path / "cam", "--fault", f"app:{fault}", "--wait-timeout", "1")
     assert result.code == 1
     error = json.loads(result.out)
-    assert "did not come back as a bootloader (37c5:96e3) within 1 s" in error["error"]
+    if fault == "stuck":  # §5.1: it spins in its reset; the port stays
+        assert "did not reset: its port is still there after 2 s" in error["error"]
+    else:
+        assert "did not come back as a bootloader (37c5:96e3) within 1 s" in error["error"]
     assert "press its reset button" in error["hint"]
 
 
@@ -328,3 +389,114 @@ def test_timing_realistic_reboot_delay(tmp_path: Path) -> None:
         assert device is not None and any("forced" in line for line in cam.history)
     finally:
         backend.shutdown()
+
+
+# ------------------------------------------------------------------ ports that are not cameras
+
+
+class NotACamera:
+    """A pseudo-terminal whose other end is not an AE3: `answer(data)` returns what it
+    sends back for what it read, and `chatter()` what it sends unprompted (each 10 ms)."""
+
+    def __init__(self, answer: Callable[[bytes], bytes], chatter: Callable[[], bytes]) -> None:
+        self.master, slave = os.openpty()
+        self.path = os.ttyname(slave)
+        tty.setraw(slave)
+        # Nobody reads once the host has closed: a full pty must not block the server.
+        os.set_blocking(self.master, False)
+        self._slave = slave  # held, so the host's close does not hang up the master
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(answer, chatter), daemon=True)
+        self._thread.start()
+
+    def _serve(self, answer: Callable[[bytes], bytes], chatter: Callable[[], bytes]) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self.master], [], [], 0.01)
+            with contextlib.suppress(BlockingIOError):
+                out = answer(os.read(self.master, 65536)) if readable else b""
+                out += chatter()
+                if out:
+                    os.write(self.master, out)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self.master)
+        os.close(self._slave)
+
+
+NOTHING: Callable[[], bytes] = lambda: b""  # noqa: E731
+NOT_CAMERAS = {
+    "random bytes": (lambda data: b"", lambda: random.randbytes(2048)),
+    "a loopback": (lambda data: data, NOTHING),
+    "silence": (lambda data: b"", NOTHING),
+    # 12 bytes back for every command, as usbdbg's FW_VERSION, but no v4 release's.
+    "an implausible usbdbg version": (lambda data: bytes.fromhex("07" + "00" * 11), NOTHING),
+    # A REPL banner that is not an OpenMV AE3's.
+    "another board's REPL": (
+        lambda data: b"MicroPython v1.25.0; Raspberry Pi Pico with RP2040\r\n>>> " if data else b"",
+        NOTHING,
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["bootloader", "flash"])
+@pytest.mark.parametrize("kind", list(NOT_CAMERAS))
+def test_no_port_that_is_not_a_camera_gives_success(bundle: Path, kind: str, command: str) -> None:
+    port = NotACamera(*NOT_CAMERAS[kind])
+    args = [str(bundle)] if command == "flash" else []
+    try:
+        result = subprocess.run(
+            [str(AE3TOOLS), command, *args, "--port", port.path, "--wait-timeout", "1", "--json"],
+            capture_output=True, text=True, timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_")},
+        )  # fmt: skip
+    finally:
+        port.close()
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and "Traceback" not in result.stderr
+    assert "answers neither" in report["error"], report["error"]
+
+
+def test_an_implausible_v2_version_is_reported_and_not_trusted(tmp_path: Path) -> None:
+    """A V2 device (CRCs and all) reporting firmware 0.0.0 that does not reset: said so,
+    and not called done."""
+    cam = VirtualCamera(
+        DeviceMemory(),
+        Firmware(Generation.G3, (0, 0, 0)),
+        bootloader_release("1.0.3"),
+        app_faults=[AppFault.STUCK],
+    )
+    port = cam.port
+    assert port is not None
+    try:
+        result = subprocess.run(
+            [str(AE3TOOLS), "bootloader", "--port", port.device, "--json"],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AE3TOOLS_")},
+        )  # fmt: skip
+    finally:
+        cam.stop()
+    assert result.returncode == 1
+    error = json.loads(result.stdout)["error"]
+    assert "firmware version 0.0.0, which no v5 release has" in error
+    assert "did not reset: its port is still there" in error
+
+
+def test_mpremote_sends_the_camera_to_its_bootloader_through_its_repl() -> None:
+    """What OpenMV's openmv-ota does (§6.3): `mpremote exec "import machine;
+    machine.bootloader()"`, mpremote's raw REPL against the virtual camera's. Like a real
+    camera's, the port vanishes under mpremote, which then exits with an error."""
+    cam = camera("app", app_faults=[AppFault.PRINTING])
+    port = cam.port
+    assert port is not None
+    try:
+        subprocess.run(
+            [str(MPREMOTE), "connect", port.device, "exec", "import machine; machine.bootloader()"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert eventually(lambda: cam.app.boot_request is BootRequest.FORCED)
+        assert eventually(lambda: isinstance(cam.attached(), VirtualAE3))
+    finally:
+        cam.stop()

@@ -5,6 +5,8 @@ each way of failing to open one means.
 from __future__ import annotations
 
 import errno
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,16 @@ class CameraPort:
     location: str | None = None  # the USB bus-port path, where the OS says
 
 
+def port_exists(device: str) -> bool:
+    """Whether a serial port of this name is there: a tty path (Linux, macOS), or a port
+    the OS lists (a Windows COM port has no path)."""
+    if os.path.exists(device):
+        return True
+    from serial.tools import list_ports
+
+    return any(info.device == device for info in list_ports.comports())
+
+
 def camera_ports() -> list[CameraPort]:
     """Every running AE3 (37C5:16E3) the OS shows as a serial port (pyserial's discovery:
     sysfs on Linux, IOKit on macOS, SetupAPI on Windows)."""
@@ -45,14 +57,20 @@ def camera_ports() -> list[CameraPort]:
     ]
 
 
-def open_port(device: str, timeout: float) -> Any:
+# Reads return after this long with what has arrived, so a wait looks at its deadline
+# often without reconfiguring the port (pyserial applies a new timeout through termios).
+READ_SLICE = 0.02
+WRITE_TIMEOUT = 1.0
+
+
+def open_port(device: str) -> Any:
     """The port at the debug protocol's baud rate, DTR raised (pyserial does on open), and
     held exclusively; every failure is one sentence naming the port."""
     import serial
 
     try:
         return serial.Serial(
-            device, V2_BAUD, timeout=timeout, write_timeout=timeout, exclusive=True
+            device, V2_BAUD, timeout=READ_SLICE, write_timeout=WRITE_TIMEOUT, exclusive=True
         )
     except serial.SerialException as exc:
         code = getattr(exc, "errno", None)
@@ -73,3 +91,25 @@ def open_port(device: str, timeout: float) -> Any:
         raise DeviceError(f"{device}: cannot open the port: {reason}") from None
     except ValueError as exc:  # pyserial's own refusals (a baud rate the OS cannot set)
         raise DeviceError(f"{device}: cannot open the port: {exc}") from None
+
+
+# Bounded reads for the probes: a camera answers in a few bytes; a port that sends more
+# before the marker, or nothing, is not a camera answering.
+TEXT_LIMIT = 8192
+
+
+def read_until(link: Any, marker: bytes, timeout: float, *, limit: int = TEXT_LIMIT) -> bytes:
+    """What arrives until `marker` (included), or all that came before the timeout or
+    `limit` bytes. Byte by byte: nothing after the marker is taken from the port."""
+    deadline = time.monotonic() + timeout
+    text = bytearray()
+    while len(text) < limit and not (marker and text.endswith(marker)):
+        if time.monotonic() >= deadline:
+            break
+        text += link.read(1)
+    return bytes(text)
+
+
+def read_exactly(link: Any, count: int, timeout: float) -> bytes:
+    """`count` bytes, or fewer if the timeout passes first."""
+    return read_until(link, b"", timeout, limit=count)

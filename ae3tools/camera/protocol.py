@@ -8,6 +8,7 @@ same bytes.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class Flag(IntFlag):
 
 
 class Opcode(IntEnum):
-    """§3.9 (the ones a flasher and the virtual camera need)."""
+    """§3.9."""
 
     PROTO_SYNC = 0x00
     PROTO_GET_CAPS = 0x01
@@ -75,6 +76,14 @@ class Opcode(IntEnum):
     SYS_EVENT = 0x13
     SYS_MEMORY = 0x14
     CHANNEL_LIST = 0x20
+    CHANNEL_POLL = 0x21
+    CHANNEL_LOCK = 0x22
+    CHANNEL_UNLOCK = 0x23
+    CHANNEL_SHAPE = 0x24
+    CHANNEL_SIZE = 0x25
+    CHANNEL_READ = 0x26
+    CHANNEL_WRITE = 0x27
+    CHANNEL_IOCTL = 0x28
     CHANNEL_EVENT = 0x29
 
 
@@ -269,3 +278,15 @@ def generation_of_usbdbg(version: Version) -> Generation:
 
 def version_text(version: Version) -> str:
     return ".".join(str(part) for part in version)
+
+
+_VERSION = re.compile(r"v?(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
+
+
+def parse_version(text: str) -> Version | None:
+    """ "v4.8.1" (a git tag, as the REPL banner shows it) as (4, 8, 1); None if it is not one."""
+    match = _VERSION.match(text)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch

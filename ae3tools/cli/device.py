@@ -435,16 +435,7 @@ def read(
 
 
 @app.command()
-@device_command(
-    omit=("plug_delay", "fault"),
-    options={
-        "wait": typer.Option(
-            False,
-            "--wait/--no-wait",
-            help="Also wait until that camera's bootloader has enumerated.",
-        )
-    },
-)
+@device_command(omit=("plug_delay", "wait"))
 def bootloader(
     as_json: bool = JsonOption,
     *,
@@ -453,21 +444,21 @@ def bootloader(
     """Send a running AE3 to its bootloader (forced: it stays until DETACH or a reset).
 
     For dfu-util or OpenMV IDE users: afterwards, `dfu-util -w -d ,37C5:96E3 ...` finds
-    the camera with no replugging. Both firmware generations are handled (v5's protocol
-    V2, v4's usbdbg). Exit status 0 once the camera took the request and its port is
-    closed; with --wait, once that camera's bootloader has enumerated too.
+    the camera with no replugging. Every firmware generation is handled (v5's protocol
+    V2, v4's usbdbg, and the REPL where neither answers). Exit status 0 only once the
+    camera's port has gone and its bootloader has enumerated (up to --wait-timeout
+    seconds, at most 10); 1 if it did not go, saying what is known.
 
-    Example: ae3tools bootloader --port /dev/ttyACM0 --wait
+    Example: ae3tools bootloader --port /dev/ttyACM0
     """
     from ae3tools.device.reach import reboot_only
 
     backend = target.backend()
     try:
-        camera, device = reboot_only(
+        rebooted, device = reboot_only(
             backend,
             target.ports(backend),
             target.selector(),
-            wait=target.wait,
             reboot_wait=target.reboot_wait,
             status=None if as_json else err.print,
         )
@@ -477,16 +468,21 @@ def bootloader(
         emit_json(
             {
                 "ok": True,
-                "was_running": camera.as_dict() if camera else None,
-                "bootloader": device.as_dict() if device else None,
+                "was_running": rebooted.as_dict() if rebooted else None,
+                "bootloader": device.as_dict(),
             }
         )
-    elif device is not None:
-        already = "" if camera else " (it was in its bootloader already)"
-        where = f"serial {device.serial} at {device.path}"
-        out.print(f"bootloader {device.describe()} ready{already}: {where}")
-    elif camera is not None:
-        out.print(f"the camera on {camera.port.device} took the request and its port is closed")
+        return
+    where = f"serial {device.serial} at {device.path}"
+    if rebooted is None:
+        out.print(
+            f"bootloader {device.describe()} ready (it was in its bootloader already): {where}"
+        )
+        return
+    out.print(
+        f"the camera on {rebooted.camera.port.device} went to its bootloader: "
+        f"{device.describe()}, {where} ({rebooted.matched_by})"
+    )
 
 
 @app.command()

@@ -29,8 +29,8 @@ from ae3tools.findings import DeviceError, UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from ae3tools.device.fleet import CameraResult, FlashJob, FoundCamera, Station, Worker
-    from ae3tools.device.reach import Selector
+    from ae3tools.device.discovery import AttachedCamera, Selector
+    from ae3tools.device.fleet import CameraResult, FlashJob, Station, Worker
     from ae3tools.dfu.builder import FlashObserver
     from ae3tools.release.bundle import BundleImage
 
@@ -57,7 +57,7 @@ class EventStream:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
-    def observer(self, camera: FoundCamera) -> FlashObserver:
+    def observer(self, camera: AttachedCamera) -> FlashObserver:
         return _JsonProgress(self, camera.label)
 
 
@@ -112,7 +112,7 @@ class CameraRows:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def observer(self, camera: FoundCamera) -> FlashObserver:
+    def observer(self, camera: AttachedCamera) -> FlashObserver:
         task = self.progress.add_task(f"{camera.label} reaching", total=None)
         self.rows[camera.label] = task
         return _Row(self.progress, task, camera.label)
@@ -206,12 +206,12 @@ class Presenter:
         self.rows, self.events, self.log = rows, events, log
         self.show = rows.progress.disable is False and events is None
 
-    def observer_for(self, camera: FoundCamera) -> FlashObserver | None:
+    def observer_for(self, camera: AttachedCamera) -> FlashObserver | None:
         if self.events is not None:
             return self.events.observer(camera)
         return self.rows.observer(camera) if self.show else None
 
-    def on_start(self, camera: FoundCamera) -> None:
+    def on_start(self, camera: AttachedCamera) -> None:
         if self.events is not None:
             self.events.emit("start", **camera.as_dict())
 

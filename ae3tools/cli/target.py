@@ -24,7 +24,7 @@ from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS, LATEST_BOOTLOADER
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
-    from ae3tools.device.reach import PortSource, Selector
+    from ae3tools.device.discovery import PortSource, Selector
     from ae3tools.device.session import Session
     from ae3tools.dfu.flash import FlashFailed
 
@@ -216,7 +216,7 @@ class Target:
 
     def selector(self) -> Selector:
         """The one camera this command talks to."""
-        from ae3tools.device.reach import Selector
+        from ae3tools.device.discovery import Selector
 
         for option, values in (("--serial", self.serials), ("--path", self.paths)):
             if len(values) > 1:
@@ -231,7 +231,7 @@ class Target:
     def selectors(self) -> list[Selector]:
         """The cameras a many-camera command picks: one selector per --serial, --path and
         --port; none given, every camera (one selector that matches all)."""
-        from ae3tools.device.reach import Selector
+        from ae3tools.device.discovery import Selector
 
         picked = [Selector(serial=s) for s in self.serials]
         picked += [Selector(path=p) for p in self.paths]

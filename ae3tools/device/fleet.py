@@ -19,103 +19,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ae3tools.board import Role
-from ae3tools.camera.reboot import RunningCamera
-from ae3tools.device.reach import BOOTLOADER_TIMEOUT, PortSource, Selector
+from ae3tools.device.discovery import (
+    APPLICATION,
+    AttachedCamera,
+    PortSource,
+    Selector,
+    SerialCache,
+    attached_cameras,
+    selected,
+)
+from ae3tools.device.reach import BOOTLOADER_TIMEOUT, Rebooted
 from ae3tools.device.session import end_session, open_session
 from ae3tools.dfu.builder import FlashObserver, ImageResult
 from ae3tools.dfu.flash import FlashFailed, flash_images
-from ae3tools.dfu.host import BootloaderInfo, device_path, find_bootloaders, read_serial
+from ae3tools.dfu.host import BootloaderInfo
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
 from ae3tools.findings import DeviceError
-from ae3tools.formats.identity import NO_SERIAL_APPLICATION, application_serial
 from ae3tools.release.bundle import BundleImage
 
-BOOTLOADER, APPLICATION = "bootloader", "application"
 STATION_POLL = 0.1  # s: well inside a bootloader's 1.5 s listen window (§8.1)
 # Looks at the bus a camera must be missing from to count as unplugged: one look can
-# miss a camera whose serial did not read (it is then passed over, see attached_cameras).
+# miss a camera whose serial did not read (it is then passed over, see cameras_for).
 UNPLUGGED_AFTER = 2
 SETTLE = 0.3  # s: cameras plugged in together enumerate within this of each other
 
 
-@dataclass(frozen=True)
-class FoundCamera:
-    """An AE3 on the bus: in its bootloader (at a bus path) or running (on a port)."""
-
-    state: str  # BOOTLOADER or APPLICATION
-    where: str  # the bootloader's bus path, or the running camera's serial port
-    serial: str | None  # as the camera reports itself in this state
-
-    @property
-    def key(self) -> str | None:
-        """The camera in either state: its application serial; None when it has none
-        (the Secure Enclave call failed: all zeros, §1.4), and so cannot be told apart."""
-        serial = self.serial or ""
-        mapped = application_serial(serial) if self.state == BOOTLOADER else serial.lower()
-        return mapped if mapped and mapped != NO_SERIAL_APPLICATION else None
-
-    @property
-    def label(self) -> str:
-        return self.key or f"{self.state} at {self.where}"
-
-    @property
-    def handle(self) -> str:
-        """What the station tracks it by: its serial, else where it is."""
-        return self.key or f"@{self.where}"
-
-    def selector(self) -> Selector:
-        """Exactly this camera: a bootloader by its bus path, a running camera by port."""
-        if self.state == BOOTLOADER:
-            return Selector(path=self.where)
-        return Selector(port=self.where, serial=self.serial)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"camera": self.key, "state": self.state, "where": self.where}
-
-
-@dataclass
-class SerialCache:
-    """Each bootloader's serial, read once per enumeration (bus and address, which the
-    host assigns afresh each time a device enumerates): a station looking at the bus
-    ten times a second does not ask a camera it is flashing for its serial each time."""
-
-    _known: dict[tuple[int, int], str] = field(default_factory=dict)
-
-    def serials(self, devices: Sequence[Any]) -> list[str | None]:
-        keys = [(device.bus, device.address) for device in devices]
-        known = {key: self._known[key] for key in keys if key in self._known}
-        for key, device in zip(keys, devices, strict=True):
-            if key not in known:
-                serial = read_serial(device)
-                if serial is not None:
-                    known[key] = serial
-        self._known = known  # the enumerations on the bus now, no others
-        return [known.get(key) for key in keys]
-
-
-def attached_cameras(
+def cameras_for(
     backend: Any,
     ports: PortSource,
     selectors: Sequence[Selector] = (Selector(),),
     cache: SerialCache | None = None,
-) -> list[FoundCamera]:
+) -> list[AttachedCamera]:
     """Every AE3 on the bus that one of `selectors` picks, bootloaders first.
 
     A bootloader whose serial cannot be read is passed over: it is just leaving or
     arriving (one that has no serial reads as all zeros, §1.3), and the next look sees it.
     """
-    devices = find_bootloaders(backend)
-    found = []
-    for device, serial in zip(devices, (cache or SerialCache()).serials(devices), strict=True):
-        path = device_path(device)
-        if serial is not None and any(s.names_bootloader(path, serial) for s in selectors):
-            found.append(FoundCamera(BOOTLOADER, path, serial))
-    found += [
-        FoundCamera(APPLICATION, p.device, p.serial)
-        for p in ports()
-        if any(s.running(p) for s in selectors)
-    ]
-    return found
+    found = attached_cameras(backend, ports, cache)
+    return [c for c in selected(found, selectors) if c.state == APPLICATION or c.serial]
 
 
 @dataclass(frozen=True)
@@ -134,12 +75,12 @@ class FlashJob:
 class CameraResult:
     """One camera's flash: what was written, how it ended, or why it failed."""
 
-    camera: FoundCamera
+    camera: AttachedCamera
     ok: bool
     seconds: float
     images: tuple[ImageResult, ...] = ()
     device: BootloaderInfo | None = None
-    was_running: RunningCamera | None = None
+    was_running: Rebooted | None = None
     after: str | None = None
     error: str | None = None
     hint: str | None = None
@@ -191,7 +132,7 @@ class CameraResult:
 def flash_camera(
     backend: Any,
     ports: PortSource,
-    camera: FoundCamera,
+    camera: AttachedCamera,
     job: FlashJob,
     observer: FlashObserver | None = None,
 ) -> CameraResult:
@@ -251,11 +192,11 @@ def flash_camera(
     )
 
 
-ObserverFor = Callable[[FoundCamera], FlashObserver | None]
+ObserverFor = Callable[[AttachedCamera], FlashObserver | None]
 ResultSink = Callable[[CameraResult], None]
 
 
-def _no_observer(_: FoundCamera) -> FlashObserver | None:
+def _no_observer(_: AttachedCamera) -> FlashObserver | None:
     return None
 
 
@@ -273,13 +214,13 @@ class Worker:
     observer_for: ObserverFor = _no_observer
     on_result: ResultSink = _ignore
 
-    def __call__(self, camera: FoundCamera) -> CameraResult:
+    def __call__(self, camera: AttachedCamera) -> CameraResult:
         result = flash_camera(self.backend, self.ports, camera, self.job, self.observer_for(camera))
         self.on_result(result)
         return result
 
 
-def flash_cameras(worker: Worker, cameras: Sequence[FoundCamera]) -> list[CameraResult]:
+def flash_cameras(worker: Worker, cameras: Sequence[AttachedCamera]) -> list[CameraResult]:
     """Flash every camera at once, one thread each; results in the cameras' order."""
     if not cameras:
         return []
@@ -311,7 +252,7 @@ class PlugTracker:
 
     _flashed: dict[str, _Flashed] = field(default_factory=dict)
 
-    def due(self, present: Sequence[FoundCamera], busy: Iterable[str]) -> list[FoundCamera]:
+    def due(self, present: Sequence[AttachedCamera], busy: Iterable[str]) -> list[AttachedCamera]:
         """The cameras to start now, given one look at the bus and the handles of the
         cameras being flashed; updates what is known of the others."""
         seen = {camera.handle: camera for camera in present}
@@ -347,7 +288,7 @@ class Station:
 
     worker: Worker
     selectors: Sequence[Selector] = (Selector(),)
-    on_start: Callable[[FoundCamera], None] | None = None
+    on_start: Callable[[AttachedCamera], None] | None = None
     poll: float = STATION_POLL
     results: list[CameraResult] = field(default_factory=list)
     plugs: PlugTracker = field(default_factory=PlugTracker)
@@ -363,7 +304,7 @@ class Station:
         with ThreadPoolExecutor(thread_name_prefix="station") as pool:
             while not stop.is_set() and (count is None or started < count):
                 self._harvest()
-                present = attached_cameras(
+                present = cameras_for(
                     self.worker.backend, self.worker.ports, self.selectors, self.serials
                 )
                 for camera in self.plugs.due(present, self._busy):
@@ -395,7 +336,7 @@ def wait_for_cameras(
     every: bool,
     wait: float,
     on_waiting: Callable[[], None] | None = None,
-) -> tuple[list[FoundCamera], list[Selector]]:
+) -> tuple[list[AttachedCamera], list[Selector]]:
     """The cameras to flash at once, and the selectors that found none.
 
     `every`: all the cameras the selectors pick, once at least one is there (and those
@@ -405,11 +346,11 @@ def wait_for_cameras(
     deadline = time.monotonic() + wait
     announced = False
     while True:
-        found = attached_cameras(backend, ports, selectors)
+        found = cameras_for(backend, ports, selectors)
         if found and every:
             time.sleep(SETTLE)
-            return attached_cameras(backend, ports, selectors), []
-        missing = [s for s in selectors if not attached_cameras(backend, ports, [s])]
+            return cameras_for(backend, ports, selectors), []
+        missing = [s for s in selectors if not selected(found, [s])]
         if not every and not missing:
             return found, []
         if time.monotonic() >= deadline:

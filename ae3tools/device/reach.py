@@ -1,10 +1,11 @@
 """Reaching a camera's bootloader, whichever state the camera is in.
 
-A camera is either in its bootloader (37C5:96E3 on USB, `ae3tools.dfu`) or running its
-application (37C5:16E3, a CDC serial port, `ae3tools.camera`). A running camera is sent
-to its bootloader in forced mode, and then *its* bootloader is waited for, never another
-one that happens to be attached: the new 96E3 device whose serial maps to the running
-camera's (openmv-protocol.md §1.4, §6.2).
+A running camera is sent to its bootloader in forced mode (`ae3tools.camera.reboot`),
+and then the host confirms that it went: its serial port must vanish, and then *its*
+bootloader must enumerate, never another one that happens to be attached: the new 96E3
+device whose serial maps to the running camera's (openmv-protocol.md §1.4, §6.2), or,
+for a port with no USB identity behind it (`--port` on a plain tty), the one bootloader
+that appeared after the request. Until both are seen nothing is reported as done.
 """
 
 from __future__ import annotations
@@ -15,101 +16,70 @@ from dataclasses import dataclass
 from typing import Any
 
 from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID
-from ae3tools.camera.port import CameraPort
+from ae3tools.camera.port import CameraPort, port_exists
 from ae3tools.camera.reboot import RunningCamera, describe, send_to_bootloader
-from ae3tools.dfu.host import (
-    BootloaderInfo,
-    describe_bootloader,
-    device_path,
-    find_bootloaders,
-    read_serial,
+from ae3tools.device.discovery import (
+    APPLICATION,
+    AttachedCamera,
+    PortSource,
+    Selector,
+    attached_bootloaders,
+    attached_cameras,
+    selected,
 )
+from ae3tools.dfu.host import BootloaderInfo, describe_bootloader
 from ae3tools.findings import DeviceError, UsageError
-from ae3tools.formats.identity import (
-    NO_SERIAL_APPLICATION,
-    application_serial,
-    running_camera_is,
-    same_camera,
-)
+from ae3tools.formats.identity import NO_SERIAL_APPLICATION
 
-# openmv-protocol.md §5.2, §6.2 step 6: the reset to 96E3 is "well under a second"; allow
-# 10 s before calling the camera stuck. Poll at 20 ms, as dfu-util -w does.
+# openmv-protocol.md §6.2 step 6: the port goes within about 2 s; the reset to 96E3 is
+# "well under a second", allow 10 s before calling the camera stuck. Poll at 20 ms, as
+# dfu-util -w does.
+PORT_GONE_TIMEOUT = 2.0
 BOOTLOADER_TIMEOUT = 10.0
 APPLICATION_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
 
-PortSource = Callable[[], list[CameraPort]]
 Status = Callable[[str], None]
+
+STUCK_HINT = (
+    "It may be stuck in its reset (openmv-protocol.md §5.1), or a USB driver may be "
+    "missing. Replug it, or press its reset button and run this again: its bootloader "
+    "listens for about 1.5 s after a reset."
+)
 
 
 @dataclass(frozen=True)
-class Selector:
-    """Which camera: by serial (either form, §1.4), bootloader bus path, or serial port."""
+class Rebooted:
+    """A running camera sent to its bootloader, and how its bootloader was told apart."""
 
-    serial: str | None = None
-    path: str | None = None
-    port: str | None = None
+    camera: RunningCamera
+    matched_by: str
 
-    @property
-    def given(self) -> bool:
-        return any((self.serial, self.path, self.port))
-
-    def bootloader(self, device: Any) -> bool:
-        serial = read_serial(device) if self.serial is not None else None
-        return self.names_bootloader(device_path(device), serial)
-
-    def names_bootloader(self, path: str, serial: str | None) -> bool:
-        """Whether the bootloader at `path` reporting `serial` is the one selected."""
-        if self.port is not None:
-            return False
-        if self.path is not None and path != self.path:
-            return False
-        return self.serial is None or same_camera(serial, self.serial)
-
-    def running(self, port: CameraPort) -> bool:
-        if self.path is not None:
-            return False  # a bus path names a bootloader (dfu-util -p)
-        if self.port is not None and port.device != self.port:
-            return False
-        return self.serial is None or running_camera_is(port.serial, self.serial)
-
-    def describe(self) -> str:
-        named = (("serial", self.serial), ("path", self.path), ("port", self.port))
-        return " ".join(f"{what} {value}" for what, value in named if value)
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.camera.as_dict(), "bootloader_matched_by": self.matched_by}
 
 
-def running_cameras(ports: PortSource, selector: Selector) -> list[CameraPort]:
-    found = [port for port in ports() if selector.running(port)]
-    if selector.port is not None and selector.path is None and not found:
-        # --port takes any tty (esptool, mpremote do the same): one with no USB behind it
-        # has no serial to match the bootloader by.
-        found = [CameraPort(selector.port, None)]
-    return found
-
-
-def _listing(bootloaders: Sequence[Any], running: Sequence[CameraPort]) -> str:
-    items = [
-        f"bootloader serial {read_serial(d) or '?'} at path {device_path(d)}" for d in bootloaders
-    ]
-    items += [f"running camera serial {p.serial or '?'} on {p.device}" for p in running]
-    return "; ".join(items)
-
-
-def _one(bootloaders: list[Any], running: list[CameraPort]) -> Any | CameraPort | None:
-    if len(bootloaders) + len(running) > 1:
+def _one(found: Sequence[AttachedCamera]) -> AttachedCamera | None:
+    if len(found) > 1:
+        listing = "; ".join(camera.describe() for camera in found)
         raise UsageError(
-            f"{len(bootloaders) + len(running)} AE3s found ({_listing(bootloaders, running)}): "
-            "choose one with --serial, --path (a bootloader) or --port (a running camera)"
+            f"{len(found)} AE3s found ({listing}): choose one with --serial, --path (a "
+            "bootloader) or --port (a running camera)"
         )
-    return (bootloaders or running or [None])[0]
+    return found[0] if found else None
 
 
-def find_camera(backend: Any, ports: PortSource, selector: Selector) -> Any | CameraPort | None:
-    """The one camera the selector names, as a bootloader device or a running camera's
-    port; None if there is none; UsageError if it is ambiguous (a bootloader and a
-    running camera are two cameras: a camera is never both at once)."""
-    bootloaders = [d for d in find_bootloaders(backend) if selector.bootloader(d)]
-    return _one(bootloaders, running_cameras(ports, selector))
+def find_camera(backend: Any, ports: PortSource, selector: Selector) -> AttachedCamera | None:
+    """The one camera the selector names, from one look at what is attached; None if
+    there is none; UsageError if it is ambiguous (a bootloader and a running camera are
+    two cameras: a camera is never both at once). `--port` takes any tty (esptool and
+    mpremote do the same): one that is not a discovered camera has no USB identity."""
+    found = selected(attached_cameras(backend, ports), [selector])
+    if not found and selector.port is not None and selector.path is None:
+        found = [
+            AttachedCamera(APPLICATION, selector.port, None, port=CameraPort(selector.port, None))
+        ]
+    return _one(found)
 
 
 def reach_bootloader(
@@ -121,7 +91,7 @@ def reach_bootloader(
     reboot_wait: float = BOOTLOADER_TIMEOUT,
     status: Status | None = None,
     on_waiting: Callable[[], None] | None = None,
-) -> tuple[Any, RunningCamera | None]:
+) -> tuple[Any, Rebooted | None]:
     """The named camera's bootloader device, sending a running camera there first.
 
     Returns the device and, if the camera was running, what it ran. Waits up to `wait`
@@ -133,10 +103,10 @@ def reach_bootloader(
     announced = False
     while True:
         found = find_camera(backend, ports, selector)
-        if found is not None and not isinstance(found, CameraPort):
-            return found, None
-        if isinstance(found, CameraPort):
-            return reboot_and_wait(backend, found, say, reboot_wait)
+        if found is not None and found.port is None:
+            return found.device, None
+        if found is not None and found.port is not None:
+            return reboot_and_wait(backend, ports, found.port, say, reboot_wait)
         if time.monotonic() >= deadline:
             break
         if not announced and on_waiting is not None:
@@ -158,14 +128,13 @@ def reboot_only(
     ports: PortSource,
     selector: Selector,
     *,
-    wait: bool,
     reboot_wait: float = BOOTLOADER_TIMEOUT,
     status: Status | None = None,
-) -> tuple[RunningCamera | None, BootloaderInfo | None]:
-    """`ae3tools bootloader`: send the named running camera to its bootloader; with
-    `wait`, also wait for that bootloader to enumerate (it is not opened: nothing latches).
+) -> tuple[Rebooted | None, BootloaderInfo]:
+    """`ae3tools bootloader`: send the named running camera to its bootloader and wait
+    until that bootloader has enumerated (it is not opened: nothing latches).
 
-    A camera already in its bootloader is reported as such (camera None).
+    A camera already in its bootloader is reported as such (Rebooted None).
     """
     found = find_camera(backend, ports, selector)
     if found is None:
@@ -174,27 +143,26 @@ def reboot_only(
             f"no running AE3 ({USB_VID:04x}:{APPLICATION_PID:04x}){wanted} found",
             hint="Plug the camera in and let it boot, or name its serial port with --port.",
         )
-    if not isinstance(found, CameraPort):
-        return None, describe_bootloader(found)
-    if not wait:
-        camera = send_to_bootloader(found)
-        (status or (lambda _: None))(f"camera on {found.device} running {camera.description}")
-        return camera, None
-    device, camera = reboot_and_wait(backend, found, status or (lambda _: None), reboot_wait)
-    return camera, describe_bootloader(device)
+    if found.port is None:
+        return None, describe_bootloader(found.device)
+    device, rebooted = reboot_and_wait(
+        backend, ports, found.port, status or (lambda _: None), reboot_wait
+    )
+    return rebooted, describe_bootloader(device)
 
 
 def list_cameras(backend: Any, ports: PortSource) -> list[BootloaderInfo | CameraListing]:
     """Every AE3 present: bootloaders from their descriptors, and running cameras as they
     answer on their ports (one that cannot be asked says why)."""
-    found: list[BootloaderInfo | CameraListing] = [
-        describe_bootloader(device) for device in find_bootloaders(backend)
-    ]
-    for port in ports():
+    found: list[BootloaderInfo | CameraListing] = []
+    for camera in attached_cameras(backend, ports):
+        if camera.port is None:
+            found.append(describe_bootloader(camera.device))
+            continue
         try:
-            found.append(CameraListing(port, describe(port), None))
+            found.append(CameraListing(camera.port, describe(camera.port), None))
         except DeviceError as exc:
-            found.append(CameraListing(port, None, str(exc)))
+            found.append(CameraListing(camera.port, None, str(exc)))
     return found
 
 
@@ -218,43 +186,77 @@ class CameraListing:
 
 
 def reboot_and_wait(
-    backend: Any, port: CameraPort, say: Status, timeout: float = BOOTLOADER_TIMEOUT
-) -> tuple[Any, RunningCamera]:
-    """§6.2: note the bootloaders present, send the camera to its bootloader, and wait
-    for the new one that is this camera."""
-    before = {(device_path(d), read_serial(d)) for d in find_bootloaders(backend)}
+    backend: Any, ports: PortSource, port: CameraPort, say: Status, timeout: float
+) -> tuple[Any, Rebooted]:
+    """§6.2: note the bootloaders present, send the camera to its bootloader, see its
+    port go, and wait for the new bootloader that is this camera."""
+    before = {(b.where, b.serial) for b in attached_bootloaders(backend)}
     camera = send_to_bootloader(port)
-    say(f"camera on {port.device} running {camera.description}: sent it to the bootloader")
-    return wait_for_its_bootloader(backend, camera, before, timeout), camera
+    say(f"camera on {port.device} running {camera.description}: asked it for its bootloader")
+    wait_for_port_to_go(port, ports, camera)
+    device, matched_by = wait_for_its_bootloader(backend, camera, before, timeout)
+    return device, Rebooted(camera, matched_by)
+
+
+def _port_present(port: CameraPort, ports: PortSource) -> bool:
+    if port.serial is not None:  # a discovered camera: the OS lists it while it is there
+        return any(p.device == port.device for p in ports())
+    return port_exists(port.device)
+
+
+def wait_for_port_to_go(
+    port: CameraPort, ports: PortSource, camera: RunningCamera, timeout: float = PORT_GONE_TIMEOUT
+) -> None:
+    """§6.2 step 6: a camera that took the request resets, and its port goes with it."""
+    deadline = time.monotonic() + timeout
+    while _port_present(port, ports):
+        if time.monotonic() >= deadline:
+            raise DeviceError(
+                f"{port.device}: the camera was asked for its bootloader ({camera.description}) "
+                f"but did not reset: its port is still there after {timeout:g} s",
+                hint=STUCK_HINT,
+                timed_out=True,
+            )
+        time.sleep(POLL_INTERVAL)
 
 
 def wait_for_its_bootloader(
     backend: Any, camera: RunningCamera, before: set[tuple[str, str | None]], timeout: float
-) -> Any:
-    """The new bootloader that is `camera`: its serial maps to the camera's (§1.4); if the
-    camera's serial is unknown or all zeros (the SE call failed), the one new bootloader."""
-    known = camera.port.serial and camera.port.serial.lower() != NO_SERIAL_APPLICATION
+) -> tuple[Any, str]:
+    """The new bootloader that is `camera`, and how it was told apart: its serial maps
+    to the camera's (§1.4); if the camera's serial is unknown (no USB identity, or all
+    zeros: the SE call failed), the one new bootloader, and only if exactly one came."""
+    serial = camera.port.serial
+    known = bool(serial) and (serial or "").lower() != NO_SERIAL_APPLICATION
     deadline = time.monotonic() + timeout
+    settled: float | None = None
     while time.monotonic() < deadline:
-        new = [
-            d for d in find_bootloaders(backend) if (device_path(d), read_serial(d)) not in before
-        ]
+        new = [b for b in attached_bootloaders(backend) if (b.where, b.serial) not in before]
         if known:
-            new = [d for d in new if application_serial(read_serial(d) or "") == camera.port.serial]
-        if len(new) == 1:
-            return new[0]
-        if len(new) > 1:
+            mine = [b for b in new if b.key == serial]
+            if mine:
+                return mine[0].device, f"its serial {mine[0].serial} maps to the camera's {serial}"
+        elif len(new) > 1:
+            listing = "; ".join(b.describe() for b in new)
             raise DeviceError(
-                f"{len(new)} new AE3 bootloaders appeared ({_listing(new, [])}) and none can be "
-                f"told to be the camera from {camera.port.device}",
+                f"{len(new)} new AE3 bootloaders appeared ({listing}) and none can be told "
+                f"to be the camera from {camera.port.device}",
                 hint="Flash them one at a time, or pick one with --serial.",
             )
+        elif new:
+            # Give a second camera reset at the same moment the chance to show up: the
+            # camera is known only as "the one that appeared" (§6.2 step 6).
+            settled = settled or time.monotonic() + 0.2
+            if time.monotonic() >= settled:
+                why = "no USB serial" if not serial else "an all-zero serial"
+                return new[0].device, (
+                    f"the only bootloader that appeared after the request (the port has {why})"
+                )
         time.sleep(POLL_INTERVAL)
     raise DeviceError(
-        f"the camera from {camera.port.device} did not come back as a bootloader "
+        f"the camera from {camera.port.device} reset, but did not come back as a bootloader "
         f"({USB_VID:04x}:{BOOTLOADER_PID:04x}) within {timeout:g} s",
-        hint="It may be stuck in its reset (openmv-protocol.md §5.1) or a USB driver may be "
-        "missing. Replug it, or press its reset button and run this again with --wait.",
+        hint=STUCK_HINT,
         timed_out=True,
     )
 

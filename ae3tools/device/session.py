@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ae3tools.board import APPLICATION_PID, USB_VID
-from ae3tools.camera.reboot import RunningCamera
+from ae3tools.device.discovery import PortSource, Selector
 from ae3tools.device.reach import (
     APPLICATION_TIMEOUT,
     BOOTLOADER_TIMEOUT,
-    PortSource,
-    Selector,
+    Rebooted,
     Status,
     await_application,
     reach_bootloader,
@@ -33,7 +32,7 @@ class Session:
 
     dfu: DfuSession
     info: BootloaderInfo
-    rebooted: RunningCamera | None  # the running camera this was, if it was sent here
+    rebooted: Rebooted | None  # the running camera this was, if it was sent here
     ports: PortSource
 
 
@@ -84,7 +83,7 @@ def end_session(session: Session, reset: bool, *, warn: Status = _quiet) -> str:
     session.dfu.detach_and_reset()
     if session.rebooted is None:
         return "camera reset"
-    if await_application(session.ports, session.rebooted, APPLICATION_TIMEOUT):
+    if await_application(session.ports, session.rebooted.camera, APPLICATION_TIMEOUT):
         return "camera reset: running its application again"
     warn(
         "warning: the camera did not come back running its application "

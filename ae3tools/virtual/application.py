@@ -1,11 +1,12 @@
 """The running application's CDC side, as a model: bytes and line state in, bytes out.
 
-From openmv-protocol.md (cited as §N), following its simulator checklist (§7): the
-line coding and DTR choose between the REPL and the debug protocol per generation (§2);
-protocol V2 with its parser, sequence counter, ACK_REQ and retransmissions (§3); the
-legacy usbdbg commands, where v4.7.0 dies on a unit not starting with 0x30 (§4); and the
-requests that send the camera to its bootloader (§5), reported to the owner as a
-`BootRequest`. No I/O and no threads: `ae3tools.virtual.camera` serves it on a
+From openmv-protocol.md (cited as §N), following its simulator checklist (§7): the line
+coding and DTR choose between the REPL and the debug protocol per generation (§2);
+protocol V2 as the firmware runs it (`ae3tools.virtual.protocol_v2`, with the channels
+and script of `ae3tools.virtual.channels`); the legacy usbdbg commands, where v4.7.0 dies
+on a unit not starting with 0x30 (§4); MicroPython's REPL (`ae3tools.virtual.repl`);
+and the requests that send the camera to its bootloader (§5), reported to the owner as
+a `BootRequest`. No I/O and no threads: `ae3tools.virtual.camera` serves it on a
 pseudo-terminal.
 """
 
@@ -14,45 +15,40 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from ae3tools.board import APPLICATION_PID, USB_VID
 from ae3tools.camera.protocol import (
-    DEFAULT_CAPS,
-    HEADER_SIZE,
-    MAX_PAYLOAD,
-    SYNC_BYTES,
     TOUCH_BAUD,
     USBDBG_FAST_BAUD,
     USBDBG_MAGIC,
     USBDBG_UNIT,
     V2_BAUD,
-    Caps,
-    Flag,
     Generation,
-    Header,
-    Opcode,
-    Packet,
-    Status,
     UsbdbgCommand,
     Version,
-    decode_header,
-    header_crc_ok,
-    pack_caps,
     pack_versions,
-    payload_crc_ok,
-    unpack_caps,
+    version_text,
 )
+from ae3tools.virtual.channels import Channels, Script
+from ae3tools.virtual.protocol_v2 import Identity, V2Device
+from ae3tools.virtual.repl import Repl
 
 PROTOCOL_VERSION: Version = (1, 0, 2)  # §3.10: v5.0.0
-# §3.6: a reply with ACK_REQ is resent after these waits, then the protocol resets.
-RETRANSMIT_WAITS = (0.5, 1.0, 2.0, 4.0)
-# §3.10: SYS_INFO's hw_caps[0] on the AE3, and its usb_id.
+TASK_PERIOD = 0.050  # §3.8: the protocol task runs from a 50 ms soft timer
+# §3.10: SYS_INFO's hw_caps[0] on the AE3.
 AE3_HW_CAPS = 0x003F08C3
 CPU_ID = 0x411FD221  # illustrative SCB->CPUID of a Cortex-M55 (§3.11's example)
-# §3.9: the default channels of a release build.
-CHANNELS = ((0, "usb"), (1, "stdin"), (2, "stdout"), (3, "stream"))
+# SYS_MEMORY (§3.9, protocol 1.0.2): the GC heap and two UMA pools; the sizes are
+# illustrative (no AE3's were read), the layout is the firmware's: u8 count, 3 reserved,
+# then per pool u8 type (0 GC, 1 UMA), u8 reserved, u16 flags, u32 total, used, free,
+# persist, peak.
+MEMORY_POOLS = (
+    (0, 0, 262_144, 18_432, 243_712, 0, 0),
+    (1, 0, 4_194_304, 1_048_576, 3_145_728, 65_536, 1_310_720),
+    (1, 1, 1_048_576, 0, 1_048_576, 0, 262_144),
+)
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,14 @@ FIRMWARES = {
 
 
 class AppFault(str, Enum):
-    """Ways a running camera fails a host (§7 item 10), injected with --fault app:KIND."""
+    """Ways a running camera meets a host (§7 item 10), injected with --fault app:KIND."""
 
     MUTE = "mute"  # a script has taken over the USB port: nothing answers
-    BAD_CRC = "badcrc"  # every V2 reply carries a corrupted payload CRC
+    BAD_CRC = "badcrc"  # every V2 reply carries a corrupted CRC
     STUCK = "stuck"  # the TRCENA spin (§5.1): it stops answering, no bootloader comes
     GONE = "gone"  # it drops off the bus in its reset and never comes back (unplugged)
-    EVENTS = "events"  # a stdout NOTIFY event before every V2 reply (§7 item 7): skip them
+    PRINTING = "printing"  # its script prints: stdout events every 50 ms, unprompted (§6.1)
+    REPL_ONLY = "repl-only"  # the debug protocols do not answer; the REPL does (§6.3)
 
 
 APP_FAULT_PREFIX = "app:"
@@ -102,12 +99,34 @@ def split_faults(texts: Iterable[str]) -> tuple[list[str], frozenset[AppFault]]:
 class BootRequest(Enum):
     """How the application reset itself (§5.1): with the magic word, or without."""
 
-    FORCED = "forced"  # SYS_BOOT, RESET_TO_BL, the 1200-baud touch
-    NORMAL = "normal"  # SYS_RESET: a non-forced bootloader, with its 1.5 s window
+    FORCED = "forced"  # SYS_BOOT, RESET_TO_BL, the 1200-baud touch, machine.bootloader()
+    NORMAL = "normal"  # SYS_RESET, machine.reset(): a non-forced bootloader (1.5 s window)
 
 
 def _u32(value: int) -> bytes:
     return value.to_bytes(4, "little")
+
+
+def sys_info(serial: str) -> bytes:
+    """SYS_INFO's 76 bytes (§3.10). dev_id holds the words at +8, +4 and +0 of the board
+    UID array, which is the serial's five EUI bytes e0..e4 reversed into 12 bytes (§1.4):
+    on the wire e3 e2 e1 e0, 00 00 00 e4, then zeros."""
+    eui = bytes.fromhex(serial[:10]).ljust(5, b"\0")
+    uid = (eui + bytes(7))[::-1]
+    dev_id = uid[8:12] + uid[4:8] + uid[0:4]
+    return (
+        _u32(CPU_ID)
+        + dev_id
+        + _u32((USB_VID << 16) | APPLICATION_PID)
+        + bytes(12 + 8)  # chip_id (no sensor), reserved
+        + _u32(AE3_HW_CAPS)
+        + bytes(4 + 8 + 8 + 12)  # hw_caps[1], flash and RAM sizes, buffer sizes, reserved
+    )
+
+
+def memory_stats() -> bytes:
+    entries = b"".join(struct.pack("<BBHIIIII", kind, 0, *rest) for kind, *rest in MEMORY_POOLS)
+    return bytes([len(MEMORY_POOLS), 0, 0, 0]) + entries
 
 
 class VirtualApplication:
@@ -131,15 +150,37 @@ class VirtualApplication:
         self.clock = clock
         self.baud = 115200  # §2.1: TinyUSB's default line coding
         self.dtr = False
-        self.rx = bytearray()
+        self.usbdbg_rx = bytearray()
         self.boot_request: BootRequest | None = None  # set once it resets itself
         self.crashed = False  # G1's __fatal_error (§4.3): USB no longer serviced
         self.notes: list[str] = []  # what the host did that a real camera would not survive
-        # A reply with ACK_REQ not yet acknowledged: (packet, sent at, attempt) (§3.6).
-        self.awaiting: tuple[Packet, float, int] | None = None
-        self._reset_protocol()
+        self.last_task = clock()
+        self.channels = Channels()
+        if AppFault.PRINTING in faults:  # main.py, started at power-up, prints
+            self.channels.script = Script(running=True, prints=True, last_print=clock())
+        self.v2 = V2Device(
+            Identity(
+                pack_versions(PROTOCOL_VERSION, reported_bootloader, firmware.version),
+                sys_info(serial),
+                memory_stats(),
+            ),
+            self.channels,
+            clock=clock,
+            on_reset=lambda forced: self._reset_request(forced, "a V2 request"),
+            corrupt_crc=AppFault.BAD_CRC in faults,
+        )
+        self.repl = Repl(
+            version_text(firmware.version),
+            on_reset=lambda forced: self._reset_request(forced, "the REPL"),
+            script_running=lambda: self.channels.script.running,
+            stop_script=self.channels.stop_script,
+        )
 
     # ------------------------------------------------------------------ line state (§2)
+
+    @property
+    def legacy(self) -> bool:
+        return self.firmware.generation is not Generation.G3
 
     def set_line(self, baud: int, dtr: bool) -> bytes:
         """SET_LINE_CODING and SET_CONTROL_LINE_STATE. Returns nothing to send: a mode
@@ -148,12 +189,17 @@ class VirtualApplication:
         self.baud, was_dtr, self.dtr = baud, self.dtr, dtr
         if self.gone:
             return b""
-        legacy = self.firmware.generation is not Generation.G3
-        if changed_baud and legacy and baud == TOUCH_BAUD:
+        if changed_baud and self.legacy and baud == TOUCH_BAUD:
             self._reboot(BootRequest.FORCED, "1200-baud touch")  # §2.2: no DTR needed
-        if was_dtr and not dtr and self.firmware.generation is Generation.G3:
-            self.rx.clear()  # §2.1: DTR=0 deactivates; pending TX is discarded
-            self.awaiting = None
+        if not self.legacy:
+            # §2.1: DTR=0 turns V2 off and discards pending output (the buffer, the
+            # sequence and an ACK wait are kept); DTR=1 turns it on at 921600; a new line
+            # coding alone turns it on or off by its rate, whatever DTR is.
+            if was_dtr and not dtr:
+                self.v2.set_active(False)
+                self.v2.take_output()
+            elif dtr != was_dtr or changed_baud:
+                self.v2.set_active(baud == V2_BAUD)
         return b""
 
     @property
@@ -163,8 +209,8 @@ class VirtualApplication:
 
     @property
     def protocol_active(self) -> bool:
-        if self.firmware.generation is Generation.G3:
-            return self.baud == V2_BAUD  # §2.1: at once, DTR not looked at
+        if not self.legacy:
+            return self.v2.active
         return self.baud in (V2_BAUD, USBDBG_FAST_BAUD)  # §2.2
 
     # ------------------------------------------------------------------ bytes in, bytes out
@@ -174,24 +220,38 @@ class VirtualApplication:
         if self.gone or AppFault.MUTE in self.faults:
             return b""
         if not self.protocol_active:
-            return data if self.dtr else b""  # the REPL echoes what is typed (§7 item 11)
-        self.rx += data
-        if self.firmware.generation is Generation.G3:
-            return self._v2_poll()
+            out = self.repl.receive(data)  # what it printed before any reset still goes
+            return out if self.dtr else b""
+        if AppFault.REPL_ONLY in self.faults:
+            return b""
+        if not self.legacy:
+            self.v2.receive(data)
+            return self.v2.take_output() if not self.gone else b""
+        self.usbdbg_rx += data
         return self._usbdbg_poll() if self.dtr else b""
 
     def poll(self) -> bytes:
-        """Time passing: retransmissions of an unacknowledged reply (§3.6)."""
-        if self.gone or self.awaiting is None:
+        """Time passing: the script runs, a V2 sender waiting for its ACK looks at its
+        clock, and every 50 ms the protocol task runs (events, §3.6 retransmissions)."""
+        if self.gone or AppFault.MUTE in self.faults:
             return b""
-        packet, sent_at, attempt = self.awaiting
-        if self.clock() - sent_at < RETRANSMIT_WAITS[attempt]:
-            return b""
-        if attempt + 1 >= len(RETRANSMIT_WAITS):
-            self._reset_protocol()  # §3.6: the device gives up and resets the protocol
-            return b""
-        self.awaiting = (packet, self.clock(), attempt + 1)
-        return self._encode(replace(packet, flags=packet.flags | Flag.RTX))
+        now = self.clock()
+        tick = now - self.last_task >= TASK_PERIOD
+        if tick:
+            self.last_task = now
+        if self.legacy or AppFault.REPL_ONLY in self.faults:
+            self.channels.run(now, active=False)
+        else:
+            self.v2.advance(tick=tick)
+        printed = bytes(self.channels.repl_output)
+        self.channels.repl_output.clear()
+        out = b"" if self.protocol_active else printed
+        if not self.legacy:
+            out += self.v2.take_output()
+        return out if self.dtr and not self.gone else b""
+
+    def _reset_request(self, forced: bool, why: str) -> None:
+        self._reboot(BootRequest.FORCED if forced else BootRequest.NORMAL, why)
 
     def _reboot(self, request: BootRequest, why: str) -> None:
         if AppFault.STUCK in self.faults:
@@ -200,207 +260,15 @@ class VirtualApplication:
             return
         self.boot_request = request
 
-    # ------------------------------------------------------------------ V2 (§3)
-
-    def _reset_protocol(self, *, clear_input: bool = True) -> None:
-        """§3.6, omv_protocol_reset(): sequence 0, default caps, parser cleared.
-
-        A PROTO_SYNC resets the same state but keeps what follows it in the buffer: the
-        checklist's "two packets in one read are both processed" (§7 item 4) holds for
-        a SYNC followed by a request too.
-        """
-        self.sequence = 0
-        self.caps = DEFAULT_CAPS
-        self.max_payload = MAX_PAYLOAD
-        self.awaiting = None
-        if clear_input:
-            self.rx.clear()
-
-    def _encode(self, packet: Packet) -> bytes:
-        raw = bytearray(packet.encode())
-        if not self.caps & Caps.CRC:
-            raw[8:10] = b"\0\0"  # §3.3: header CRC 0 when CRC is off
-        if AppFault.BAD_CRC in self.faults:
-            raw[-1] ^= 0xFF
-        return bytes(raw)
-
-    def _send(self, opcode: int, flags: Flag, payload: bytes = b"", channel: int = 0) -> bytes:
-        """A non-event packet: it carries the current sequence, which then advances (§3.4)."""
-        event = b""
-        if AppFault.EVENTS in self.faults:
-            # §3.10: stdout NOTIFY, channel 2, no payload; events do not move the sequence.
-            event = self._encode(Packet(Opcode.CHANNEL_EVENT, self.sequence, 2, Flag.EVENT))
-        packet = Packet(opcode, self.sequence, channel, flags, payload)
-        self.sequence = (self.sequence + 1) & 0xFF
-        if flags & Flag.ACK_REQ:
-            self.awaiting = (packet, self.clock(), 0)
-        return event + self._encode(packet)
-
-    def _nak(self, header: Header, status: Status) -> bytes:
-        return self._send(header.opcode, Flag.NAK, status.to_bytes(2, "little"), header.channel)
-
-    def _data(self, header: Header, payload: bytes) -> bytes:
-        flags = Flag.ACK_REQ if self.caps & Caps.ACK else Flag.NONE
-        return self._send(header.opcode, flags, payload, header.channel)
-
-    def _sequence_ok(self, header: Header) -> bool:
-        return (
-            not self.caps & Caps.SEQ
-            or header.sequence == self.sequence
-            or bool(header.flags & (Flag.ACK | Flag.NAK))
-            or header.opcode in (Opcode.SYS_EVENT, Opcode.CHANNEL_EVENT, Opcode.PROTO_SYNC)
-        )
-
-    def _v2_poll(self) -> bytes:
-        """§3.8: parse every complete packet in the buffer and answer it."""
-        out = bytearray()
-        while True:
-            if self.awaiting is not None and not self._take_ack(out):
-                break
-            start = self.rx.find(SYNC_BYTES)
-            if start < 0:
-                del self.rx[: max(0, len(self.rx) - 1)]  # keep a trailing AA
-                break
-            del self.rx[:start]
-            if len(self.rx) < HEADER_SIZE:
-                break
-            crc_on = bool(self.caps & Caps.CRC)
-            if crc_on and not header_crc_ok(bytes(self.rx)):
-                del self.rx[:1]  # silent (§3.8 step 2)
-                continue
-            header = decode_header(bytes(self.rx), check_crc=False)
-            if header.length > self.max_payload:
-                out += self._nak(header, Status.OVERFLOW)
-                del self.rx[:1]
-                continue
-            if not self._sequence_ok(header):
-                out += self._nak(header, Status.SEQUENCE)
-                del self.rx[:1]
-                continue
-            if len(self.rx) < header.packet_size:
-                if not self._recover_sync():
-                    break  # no receive timeout: wait for the rest (§3.8 step 3)
-                continue
-            raw = bytes(self.rx[: header.packet_size])
-            del self.rx[: header.packet_size]
-            if crc_on and not payload_crc_ok(header, raw):
-                out += self._nak(header, Status.CHECKSUM)
-                continue
-            if header.opcode <= Opcode.SYS_MEMORY and header.channel != 0:
-                out += self._nak(header, Status.INVALID)
-                continue
-            if header.flags & (Flag.ACK | Flag.NAK):
-                continue  # an ACK with nothing awaiting it
-            out += self._v2_request(header, raw[HEADER_SIZE : HEADER_SIZE + header.length])
-            if self.gone:
-                break
-        return bytes(out)
-
-    def _recover_sync(self) -> bool:
-        """§3.8 step 3: a complete valid PROTO_SYNC later in the buffer wins over a
-        truncated packet in front of it."""
-        sync = Packet(Opcode.PROTO_SYNC).encode()[:8]  # sync word, seq 0, no flags
-        at = self.rx.find(sync[:2], 1)
-        while at > 0:
-            chunk = bytes(self.rx[at : at + HEADER_SIZE])
-            if len(chunk) == HEADER_SIZE and header_crc_ok(chunk):
-                header = decode_header(chunk, check_crc=False)
-                if header.opcode == Opcode.PROTO_SYNC and not header.length:
-                    del self.rx[:at]
-                    return True
-            at = self.rx.find(sync[:2], at + 1)
-        return False
-
-    def _take_ack(self, out: bytearray) -> bool:
-        """§3.5: while awaiting an ACK, only the matching ACK/NAK or a PROTO_SYNC count;
-        other requests stay buffered. Returns whether normal parsing may go on."""
-        assert self.awaiting is not None
-        packet, _, attempt = self.awaiting
-        at = self.rx.find(SYNC_BYTES)
-        while at >= 0 and len(self.rx) - at >= HEADER_SIZE:
-            chunk = bytes(self.rx[at : at + HEADER_SIZE])
-            if header_crc_ok(chunk):
-                header = decode_header(chunk, check_crc=False)
-                size = header.packet_size
-                if header.opcode == Opcode.PROTO_SYNC and len(self.rx) - at >= size:
-                    self.awaiting = None
-                    del self.rx[:at]  # the SYNC aborts the wait and is processed
-                    return True
-                if (
-                    header.flags & (Flag.ACK | Flag.NAK)
-                    and header.opcode == packet.opcode
-                    and header.sequence == packet.sequence
-                ):
-                    del self.rx[at : at + size]
-                    if header.flags & Flag.NAK:  # resend at once
-                        self.awaiting = (packet, self.clock(), attempt)
-                        out += self._encode(replace(packet, flags=packet.flags | Flag.RTX))
-                        return False
-                    self.awaiting = None
-                    return True
-            at = self.rx.find(SYNC_BYTES, at + 1)
-        return False
-
-    def _v2_request(self, header: Header, payload: bytes) -> bytes:
-        opcode = header.opcode
-        if opcode == Opcode.PROTO_SYNC:
-            self._reset_protocol(clear_input=False)
-            return self._send(opcode, Flag.ACK)
-        if opcode == Opcode.PROTO_GET_CAPS:
-            return self._data(header, pack_caps(self.caps, self.max_payload))
-        if opcode == Opcode.PROTO_SET_CAPS:
-            if len(payload) != 16:
-                return self._nak(header, Status.INVALID)
-            reply = self._send(opcode, Flag.ACK)  # sent before the new caps apply (§3.9)
-            self.caps, self.max_payload = unpack_caps(payload)
-            return reply
-        if opcode == Opcode.PROTO_STATS:
-            return self._data(header, bytes(32))
-        if opcode == Opcode.PROTO_VERSION:
-            versions = pack_versions(
-                PROTOCOL_VERSION, self.reported_bootloader, self.firmware.version
-            )
-            return self._data(header, versions)
-        if opcode == Opcode.SYS_INFO:
-            return self._data(header, self._sys_info())
-        if opcode == Opcode.SYS_MEMORY:
-            return self._data(header, _u32(0))
-        if opcode == Opcode.SYS_BOOT:
-            self._reboot(BootRequest.FORCED, "SYS_BOOT")  # no reply (§3.5)
-            return b""
-        if opcode == Opcode.SYS_RESET:
-            self._reboot(BootRequest.NORMAL, "SYS_RESET")
-            return b""
-        if opcode == Opcode.CHANNEL_LIST:
-            listing = b"".join(
-                bytes([number, 0]) + name.encode().ljust(14, b"\0") for number, name in CHANNELS
-            )
-            return self._data(header, listing)
-        # Unknown opcodes, the device-only events, and the channel operations this
-        # model leaves out: NAK INVALID (§3.8 step 4).
-        return self._nak(header, Status.INVALID)
-
-    def _sys_info(self) -> bytes:
-        """§3.10: 76 bytes; dev_id holds the application serial's words (§1.4)."""
-        uid = bytes.fromhex(self.arch_id)  # the words at +8, +4, +0 of the reversed UID
-        dev_id = uid[8:12][::-1] + uid[4:8][::-1] + uid[0:4][::-1]
-        return (
-            _u32(CPU_ID)
-            + dev_id
-            + _u32((USB_VID << 16) | APPLICATION_PID)
-            + bytes(12 + 8)
-            + _u32(AE3_HW_CAPS)
-            + bytes(4 + 8 + 8 + 12)
-        )
-
     # ------------------------------------------------------------------ usbdbg (§4)
 
     def _usbdbg_poll(self) -> bytes:
         out = bytearray()
-        while len(self.rx) >= USBDBG_UNIT and not self.gone:
-            unit = bytes(self.rx[:USBDBG_UNIT])
+        rx = self.usbdbg_rx
+        while len(rx) >= USBDBG_UNIT and not self.gone:
+            unit = bytes(rx[:USBDBG_UNIT])
             if unit[0] != USBDBG_MAGIC:
-                del self.rx[:USBDBG_UNIT]
+                del rx[:USBDBG_UNIT]
                 if self.firmware.generation is Generation.G1:
                     self.crashed = True  # §4.3: __fatal_error, the LED blinks forever
                     self.notes.append(f"v4.7.0 fatal error on a non-usbdbg unit {unit.hex(' ')}")
@@ -408,11 +276,11 @@ class VirtualApplication:
                 continue  # G2 ignores it
             opcode, length = unit[1], struct.unpack_from("<I", unit, 2)[0]
             if not opcode & 0x80 and length:
-                if len(self.rx) < USBDBG_UNIT + length:
+                if len(rx) < USBDBG_UNIT + length:
                     break  # the host's data phase is still coming
-                del self.rx[: USBDBG_UNIT + length]
+                del rx[: USBDBG_UNIT + length]
             else:
-                del self.rx[:USBDBG_UNIT]
+                del rx[:USBDBG_UNIT]
             out += self._usbdbg_command(opcode, length)
         return bytes(out)
 
@@ -423,7 +291,7 @@ class VirtualApplication:
             # §4.2: the rest of a stack buffer that is not zeroed follows the NUL.
             reply = f"OPENMV AE3 [AE3:{self.arch_id}]".encode() + b"\0" + b"\xa5" * 64
         elif opcode == UsbdbgCommand.SCRIPT_RUNNING:
-            reply = _u32(0)
+            reply = _u32(int(self.channels.script.running))
         elif opcode == UsbdbgCommand.SENSOR_ID:
             reply = _u32(0xFF)
         elif opcode == UsbdbgCommand.SYS_RESET:

@@ -447,7 +447,7 @@ class VirtualCamera:
         """The CDC port while the application runs (a pty path pyserial opens)."""
         with self.lock:
             self._advance()
-            if self.pty is None or self.app.gone:
+            if self.pty is None or self.app.boot_request is not None:  # a stuck one stays
                 return None
             return CameraPort(self.pty.path, self.serial, f"{VIRTUAL_BUS}-{self.port_number}")
 
