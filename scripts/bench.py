@@ -42,13 +42,9 @@ from ae3tools.dfu.flash import flash_images
 from ae3tools.dfu.host import DfuSession, find_bootloaders
 from ae3tools.release.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.virtual.backend import VirtualBackend
-from ae3tools.virtual.bootloader import (
-    DeviceMemory,
-    SimulatedClock,
-    Timing,
-    VirtualAE3,
-    virtual_serial,
-)
+from ae3tools.virtual.bootloader import VirtualAE3, virtual_serial
+from ae3tools.virtual.memory import DeviceMemory
+from ae3tools.virtual.timing import SimulatedClock, Timing
 from tests.fullsize import firmware, make_full_size_set
 
 MIB = 1024 * 1024

@@ -18,7 +18,7 @@ import pytest
 from ae3tools.board import RECOVERY_KEY, Role, partition_for_role
 from ae3tools.formats.identity import application_serial
 from ae3tools.release.bundle import ReleaseInfo, inputs_from_directory, read_bundle, write_bundle
-from ae3tools.virtual.bootloader import partition_image
+from ae3tools.virtual.memory import partition_image
 from tests.conftest import FIXTURES, ROOT
 from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 

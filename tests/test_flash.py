@@ -28,7 +28,8 @@ from ae3tools.release.bundle import (
     write_bundle,
 )
 from ae3tools.virtual.backend import VirtualBackend
-from ae3tools.virtual.bootloader import DeviceMemory, VirtualAE3, partition_image, virtual_serial
+from ae3tools.virtual.bootloader import VirtualAE3, virtual_serial
+from ae3tools.virtual.memory import DeviceMemory, partition_image
 from tests.conftest import FIXTURES
 from tests.fault_matrix import MATRIX, MATRIX_TIMEOUT, assert_failed_cleanly, fault_spec
 

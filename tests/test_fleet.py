@@ -25,8 +25,11 @@ from ae3tools.formats.identity import application_serial
 from ae3tools.release.bundle import BundleImage, read_bundle
 from ae3tools.virtual.application import FIRMWARES
 from ae3tools.virtual.backend import VirtualBackend
-from ae3tools.virtual.bootloader import DeviceMemory, Fault, Timing, partition_image, virtual_serial
+from ae3tools.virtual.bootloader import virtual_serial
 from ae3tools.virtual.camera import VirtualCamera, virtual_ports
+from ae3tools.virtual.faults import Fault
+from ae3tools.virtual.memory import DeviceMemory, partition_image
+from ae3tools.virtual.timing import Timing
 from tests.conftest import eventually, interruptible
 
 ZERO = ("--virtual-timing", "zero")
@@ -338,8 +341,8 @@ def test_the_station_asks_each_enumeration_for_its_serial_once(tmp_path: Path) -
 def test_a_camera_stays_this_process_between_sessions(tmp_path: Path, bundle: Path) -> None:
     """A station ends one session after another on the same camera: in between, no
     other process may take it (a real camera stays on this host's bus)."""
-    from ae3tools.virtual.bootloader import CameraInUse
     from ae3tools.virtual.camera import virtual_bus
+    from ae3tools.virtual.memory import CameraInUse
 
     backend = virtual_bus([tmp_path / "a"], timing=Timing.zero())
     try:

@@ -26,8 +26,17 @@ from ae3tools.findings import FINDINGS_PER_CODE, Ae3Error, DeviceError, Severity
 from ae3tools.formats import romfs
 from ae3tools.formats.dfu_suffix import SIGNATURE
 from ae3tools.formats.intel_hex import parse_hex
-from ae3tools.formats.romfs import build_romfs, encode_vint, extract, parse_romfs, shown_paths
-from ae3tools.virtual.bootloader import CameraInUse, DeviceMemory, VirtualAE3
+from ae3tools.formats.romfs import (
+    build_romfs,
+    encode_vint,
+    extract,
+    names,
+    parse_romfs,
+    records,
+    shown_paths,
+)
+from ae3tools.virtual.bootloader import VirtualAE3
+from ae3tools.virtual.memory import CameraInUse, DeviceMemory
 from tests.conftest import FIXTURES, ROOT
 from tests.test_romfs import directory_children, file, fs, named, rec
 
@@ -121,7 +130,7 @@ def test_build_of_a_very_deep_tree_does_not_recurse(tmp_path: Path) -> None:
 
 def _few_records(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     """Lower the record cap so a small image shows what a crafted 24 MiB one does."""
-    monkeypatch.setattr(romfs, "MAX_RECORDS", count)
+    monkeypatch.setattr(records, "MAX_RECORDS", count)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +241,7 @@ def test_a_listing_shows_each_entry_as_the_entry_shows_itself(
     alone = [entry.shown_path for entry in entries]
     assert list(shown_paths(entries)) == alone
     assert list(shown_paths(entries[::-1])) == alone[::-1]
-    assert max(map(len, alone)) < 2 * (romfs._PATH_SIDE_CHARS + 4 * romfs._LONG_NAME) + 40
+    assert max(map(len, alone)) < 2 * (names.PATH_SIDE_CHARS + 4 * names.LONG_NAME) + 40
     for entry, shown in zip(entries, alone, strict=True):
         if "levels]" not in shown:
             assert shown == entry.path
@@ -254,7 +263,7 @@ def test_a_walk_cut_at_the_cap_is_the_start_of_the_whole_walk(
     image = fs(*children)
     whole = parse_romfs(image)
     with monkeypatch.context() as patched:  # one fixture for every example
-        patched.setattr(romfs, "MAX_RECORDS", cap)
+        patched.setattr(records, "MAX_RECORDS", cap)
         cut = parse_romfs(image)
     assert cut.entries == whole.entries[: len(cut.entries)]
     if "ROMFS_TOO_MANY_RECORDS" not in {f.code for f in cut.findings}:
@@ -527,7 +536,7 @@ def test_mistyped_virtual_directory_is_not_created(tmp_path: Path, cli) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from ae3tools.virtual.bootloader import CameraInUse, DeviceMemory
+from ae3tools.virtual.memory import DeviceMemory
 memory = DeviceMemory(Path(sys.argv[1]))
 memory.claim()
 print("held", flush=True)

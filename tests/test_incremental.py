@@ -24,13 +24,9 @@ from ae3tools.dfu.flash import read_romfs_image
 from ae3tools.dfu.host import DfuSession, find_bootloaders
 from ae3tools.release.bundle import BundleImage, ReleaseInfo, read_bundle, write_bundle
 from ae3tools.virtual.backend import VirtualBackend
-from ae3tools.virtual.bootloader import (
-    DeviceMemory,
-    SimulatedClock,
-    Timing,
-    VirtualAE3,
-    partition_image,
-)
+from ae3tools.virtual.bootloader import VirtualAE3
+from ae3tools.virtual.memory import DeviceMemory, partition_image
+from ae3tools.virtual.timing import SimulatedClock, Timing
 from tests.conftest import FIXTURES, ROOT
 from tests.fullsize import firmware
 

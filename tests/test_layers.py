@@ -82,3 +82,14 @@ def test_each_module_imports_only_the_rooms_below_it(path: Path) -> None:
 def test_the_rooms_are_the_ones_the_layering_names() -> None:
     rooms = {room_of(module_name(path)) for path in MODULES}
     assert rooms == set(ALLOWED)
+
+
+def test_no_module_outside_the_cli_is_over_about_700_lines() -> None:
+    """One concern per module: a module past this size has grown a second one."""
+    long = {
+        module_name(path): lines
+        for path in MODULES
+        if room_of(module_name(path)) != "cli"
+        and (lines := len(path.read_text().splitlines())) > 720
+    }
+    assert not long

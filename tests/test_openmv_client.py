@@ -21,8 +21,8 @@ import pytest
 
 from ae3tools.dfu.protocol import bootloader_release
 from ae3tools.virtual.application import FIRMWARES, AppFault, BootRequest
-from ae3tools.virtual.bootloader import DeviceMemory
 from ae3tools.virtual.camera import VirtualCamera
+from ae3tools.virtual.memory import DeviceMemory
 from tests.conftest import ROOT, eventually
 
 WITNESS = Path(os.environ.get("AE3TOOLS_WITNESS_VENV", ROOT / ".venv-witness")) / "bin" / "python"

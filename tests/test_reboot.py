@@ -32,14 +32,10 @@ from ae3tools.formats.identity import NO_SERIAL_BOOTLOADER, application_serial
 from ae3tools.release.bundle import read_bundle
 from ae3tools.virtual.application import FIRMWARES, AppFault, BootRequest, Firmware
 from ae3tools.virtual.backend import VirtualBackend
-from ae3tools.virtual.bootloader import (
-    DeviceMemory,
-    Timing,
-    VirtualAE3,
-    partition_image,
-    virtual_serial,
-)
+from ae3tools.virtual.bootloader import VirtualAE3, virtual_serial
 from ae3tools.virtual.camera import VirtualCamera, virtual_ports
+from ae3tools.virtual.memory import DeviceMemory, partition_image
+from ae3tools.virtual.timing import Timing
 from tests.conftest import MPREMOTE, eventually
 
 AE3TOOLS = Path(sys.executable).with_name("ae3tools")

@@ -16,7 +16,7 @@ import pytest
 
 from ae3tools.board import Role, partition_for_role
 from ae3tools.release.bundle import read_bundle
-from ae3tools.virtual.bootloader import partition_image
+from ae3tools.virtual.memory import partition_image
 from tests.conftest import FIXTURES
 
 GOOD = FIXTURES / "good"

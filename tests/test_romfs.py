@@ -15,7 +15,6 @@ from mpremote.romfs import VfsRomWriter
 
 from ae3tools.board import Role, partition_for_role
 from ae3tools.findings import Ae3Error, Severity
-from ae3tools.formats import romfs
 from ae3tools.formats.romfs import (
     OPENMV_ALIGNMENT,
     AlignmentRule,
@@ -26,6 +25,7 @@ from ae3tools.formats.romfs import (
     file_digests,
     parse_romfs,
     read_vint,
+    reader,
 )
 from tests.conftest import FIXTURES, mpremote_build
 
@@ -431,7 +431,7 @@ def directory_children(depth: int) -> st.SearchStrategy[list[bytes]]:
 
 def _record_by_record(monkeypatch: pytest.MonkeyPatch, image: bytes) -> RomfsImage:
     with monkeypatch.context() as patched:
-        patched.setattr(romfs, "_short_run", lambda *args, **kwargs: None)
+        patched.setattr(reader, "short_run", lambda *args, **kwargs: None)
         return parse_romfs(image)
 
 

@@ -8,17 +8,10 @@ import pytest
 
 from ae3tools.board import PARTITIONS, RECOVERY_KEY, partition_by_name
 from ae3tools.dfu.protocol import DfuStatus, Request, State, Status
-from ae3tools.virtual.bootloader import (
-    DeviceMemory,
-    DeviceTimeout,
-    Fault,
-    FaultKind,
-    NoDevice,
-    Setup,
-    Stall,
-    Timing,
-    VirtualAE3,
-)
+from ae3tools.virtual.bootloader import Setup, VirtualAE3
+from ae3tools.virtual.faults import DeviceTimeout, Fault, FaultKind, NoDevice, Stall
+from ae3tools.virtual.memory import DeviceMemory
+from ae3tools.virtual.timing import Timing
 
 BLOCK = 4096
 HP, HE, ROMFS1, RWFS, ROMFS0 = (

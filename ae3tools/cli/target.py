@@ -243,8 +243,9 @@ class Target:
             from ae3tools.dfu.host import libusb_backend
 
             return libusb_backend()
-        from ae3tools.virtual.bootloader import CameraInUse, Timing
         from ae3tools.virtual.camera import virtual_bus
+        from ae3tools.virtual.memory import CameraInUse
+        from ae3tools.virtual.timing import Timing
 
         resolved = [directory.resolve() for directory in self.virtual]
         for index, directory in enumerate(resolved):

@@ -18,15 +18,9 @@ from typing import Any, Protocol
 import usb.backend
 import usb.core
 
-from ae3tools.virtual.bootloader import (
-    VIRTUAL_BUS,
-    CameraInUse,
-    DeviceMemory,
-    DeviceTimeout,
-    NoDevice,
-    Setup,
-    Stall,
-)
+from ae3tools.virtual.bootloader import VIRTUAL_BUS, Setup
+from ae3tools.virtual.faults import DeviceTimeout, NoDevice, Stall
+from ae3tools.virtual.memory import CameraInUse, DeviceMemory
 
 # libusb's codes, as pyusb's libusb1 backend reports them (libusb.h).
 LIBUSB_ERROR_NO_DEVICE = -4

@@ -9,36 +9,24 @@ libusb programs, a umockdev ioctl handler. Section numbers below are the spec's.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import mmap
 import os
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from ae3tools.board import (
     ALT_NAMES,
     BOOT,
-    BOOT_HEADER_OFFSET,
-    BOOT_HEADER_SIZE,
-    BOOT_MAGIC,
-    BOOTLOADER_PID,
     DFU_BLOCK_SIZE,
     MRAM_WRITE_UNIT,
     PARTITIONS,
     RECOVERY_KEY,
-    USB_VID,
     Memory,
     Partition,
-    Role,
-    partition_by_name,
-    partition_for_role,
 )
 from ae3tools.dfu.protocol import (
     DEVICE_REMOTE_WAKEUP,
@@ -51,378 +39,16 @@ from ae3tools.dfu.protocol import (
     Status,
     StdRequest,
 )
-
-MAX_TRANSFER = DFU_BLOCK_SIZE  # §1.2 wTransferSize
-NOR_PAGE = 128  # §5.2: page-program commands of 128 bytes
-NOR_ERASED = 0xFF  # §5.2 (inferred erase value)
-MRAM_FRESH = 0x00
-
-
-# ----------------------------------------------------------------------------- descriptors
-
-
-def device_descriptor(release: BootloaderRelease = LATEST_BOOTLOADER) -> bytes:
-    """§1.1: 12 01 00 02 00 00 00 40 C5 37 E3 96 03 01 01 02 03 01 (bcdDevice by release,
-    §13.1: 0x0200 on the header-less 1.0.0)."""
-    return (
-        bytes([0x12, 0x01, 0x00, 0x02, 0, 0, 0, 0x40])
-        + USB_VID.to_bytes(2, "little")
-        + BOOTLOADER_PID.to_bytes(2, "little")
-        + release.bcd_device.to_bytes(2, "little")
-        + bytes([1, 2, 3, 1])
-    )
-
-
-DFU_FUNCTIONAL = bytes([0x09, 0x21, 0x07, 0xE8, 0x03, 0x00, 0x10, 0x01, 0x01])  # §1.2
-
-
-def _interface_descriptor(alt: int) -> bytes:
-    return bytes([0x09, 0x04, 0, alt, 0, 0xFE, 0x01, 0x02, 4 + alt])
-
-
-def _configuration_descriptor() -> bytes:
-    """§1.2: one interface, eight alt settings, then the DFU functional descriptor."""
-    body = b"".join(_interface_descriptor(alt) for alt in range(len(PARTITIONS)))
-    body += DFU_FUNCTIONAL
-    total = 9 + len(body)
-    return bytes([0x09, 0x02, *total.to_bytes(2, "little"), 1, 1, 0, 0x80, 0xFA]) + body
-
-
-CONFIGURATION_DESCRIPTOR = _configuration_descriptor()
-DEVICE_QUALIFIER = bytes([0x0A, 0x06, 0x00, 0x02, 0, 0, 0, 0x40, 0x01, 0x00])  # §1.1
-MAX_STRING_CHARS = 32  # §1.3
-
-
-def string_descriptor(text: str) -> bytes:
-    """§1.3: truncated to 32 characters, ASCII zero-extended to UTF-16LE."""
-    encoded = text[:MAX_STRING_CHARS].encode("utf-16-le")
-    return bytes([2 + len(encoded), DescriptorType.STRING]) + encoded
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-@dataclass(frozen=True)
-class Timing:
-    """What the device costs, in seconds (§11: not derivable from the source).
-
-    `zero()` is for tests. `realistic()` is a stated assumption, not a measurement:
-    MRAM stores at about 8 MB/s, a NOR 4 KiB sector erase of 20 ms, 128-byte page
-    programs of 0.3 ms, a 4 KiB NOR read of 0.7 ms (single-lane SPI at 50 MHz, §11),
-    bus time of one 125 us microframe per control transfer (SETUP and status stages)
-    plus 8 MB/s for the data stage (64-byte EP0 packets, §10), 2 s for the recovery
-    sequence, and the 1.5 s listen window of §8.1. A running camera takes 0.5 s from its
-    reset to the next enumeration (openmv-protocol.md §5.2: "well under a second").
-    """
-
-    listen_window: float | None = None  # None: no timeout, like forced entry (§8.1)
-    control_transfer: float = 0.0  # per control transfer
-    control_byte: float = 0.0  # per byte of a data stage
-    mram_write_16: float = 0.0
-    nor_sector_erase: float = 0.0
-    nor_page_program: float = 0.0
-    nor_read_block: float = 0.0
-    recovery: float = 0.0
-    reboot: float = 0.0  # a running camera's reset until the next enumeration (its own)
-
-    @classmethod
-    def zero(cls) -> Timing:
-        return cls()
-
-    @classmethod
-    def realistic(cls) -> Timing:
-        return cls(
-            listen_window=1.5,
-            control_transfer=0.000125,
-            control_byte=0.000000125,
-            mram_write_16=0.000002,
-            nor_sector_erase=0.020,
-            nor_page_program=0.0003,
-            nor_read_block=0.0007,
-            recovery=2.0,
-            reboot=0.5,
-        )
-
-    @classmethod
-    def parse(cls, text: str) -> Timing:
-        """PRESET[:field=seconds...], e.g. "realistic:nor_sector_erase=0.045:listen_window=none".
-
-        PRESET is zero or realistic; each field of this class may be overridden.
-        """
-        name, *overrides = text.split(":")
-        presets = {"zero": cls.zero, "realistic": cls.realistic}
-        if name not in presets:
-            raise ValueError(f"timing {text!r}: expected zero or realistic, then :field=seconds")
-        timing = presets[name]()
-        fields = set(cls.__dataclass_fields__)
-        for override in overrides:
-            key, _, value = override.partition("=")
-            if key not in fields:
-                raise ValueError(
-                    f"timing {text!r}: unknown field {key!r} (one of {', '.join(sorted(fields))})"
-                )
-            try:
-                number = None if value == "none" else float(value)
-            except ValueError:
-                raise ValueError(f"timing {text!r}: {key}={value} is not a number") from None
-            if number is None and key != "listen_window":
-                raise ValueError(f"timing {text!r}: only listen_window may be none")
-            timing = replace(timing, **{key: number})  # type: ignore[arg-type]
-        return timing
-
-
-def precise_sleep(seconds: float) -> None:
-    """Sleep, then spin the last fraction of a millisecond: the OS wakes a sleeper late
-    (tens to hundreds of microseconds), which over thousands of short device waits would
-    count as host overhead in a benchmark."""
-    deadline = time.perf_counter() + seconds
-    if seconds > _SPIN:
-        time.sleep(seconds - _SPIN)
-    while time.perf_counter() < deadline:
-        pass
-
-
-_SPIN = 0.0005
-
-
-class SimulatedClock:
-    """Device time for benchmarks: waits are added up, not slept.
-
-    A virtual AE3 on this clock answers at once, and its modelled device time is exact
-    and repeatable however busy the host is; the host's own cost is then measured apart
-    (process CPU time). Wall-clock runs (the bridge against dfu-util) keep the real clock.
-    """
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-
-# ----------------------------------------------------------------------------- faults
-
-
-class FaultKind(str, Enum):
-    STATUS = "status"  # the block's write (or read) fails with a DFU status
-    VANISH = "vanish"  # the device disappears, as an unplug does
-    STALL = "stall"  # the request is stalled
-    HANG = "hang"  # the device stops answering
-    SLOW = "slow"  # the block's flash work takes `seconds` longer
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A failure to inject when the host sends `op` for (alt, block). Fires once."""
-
-    kind: FaultKind
-    alt: int
-    block: int
-    op: str = "dnload"  # or "upload"
-    status: Status = Status.errWRITE
-    seconds: float = 1.0
-
-    @classmethod
-    def parse(cls, text: str) -> Fault:
-        """KIND:alt=ALT:block=N[:op=upload][:status=errWRITE][:seconds=S].
-
-        ALT is a number or an alt name: "status:alt=HP:block=3:status=errWRITE".
-        """
-        kind_text, *pairs = text.strip().split(":")
-        try:
-            kind = FaultKind(kind_text)
-            values = dict(pair.split("=", 1) for pair in pairs)
-            alt_text = values.pop("alt")
-            alt = int(alt_text) if alt_text.isdigit() else partition_by_name(alt_text).alt
-            fault = cls(kind, alt, int(values.pop("block")))
-            if "op" in values:
-                fault = replace(fault, op=values.pop("op"))
-            if "status" in values:
-                fault = replace(fault, status=Status.parse(values.pop("status")))
-            if "seconds" in values:
-                fault = replace(fault, seconds=float(values.pop("seconds")))
-        except (KeyError, ValueError) as exc:
-            raise ValueError(
-                f"fault {text!r}: expected KIND:alt=ALT:block=N[:op=dnload|upload]"
-                f"[:status=CODE][:seconds=S], KIND one of "
-                f"{', '.join(k.value for k in FaultKind)} ({exc})"
-            ) from None
-        if values or fault.op not in ("dnload", "upload"):
-            raise ValueError(f"fault {text!r}: unknown field(s) {', '.join(values) or fault.op}")
-        return fault
-
-    @classmethod
-    def parse_many(cls, texts: Iterable[str]) -> list[Fault]:
-        return [cls.parse(part) for text in texts for part in text.split(",") if part.strip()]
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class Stall(Exception):
-    """The device stalls this control transfer (§4.2); the state does not change."""
-
-
-class NoDevice(Exception):
-    """The device is not on the bus (it left the bootloader, or was unplugged)."""
-
-
-class DeviceTimeout(Exception):
-    """The device did not complete the transfer within the host's timeout."""
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def partition_file_name(partition: Partition) -> str:
-    return f"{partition.alt}-{partition.name}.bin"
-
-
-def _fresh_contents(partition: Partition) -> bytes:
-    """What an untouched partition holds: erased NOR, zeroed MRAM."""
-    if partition.memory is Memory.NOR:
-        return bytes([NOR_ERASED]) * partition.size
-    return bytes(partition.size)
-
-
-def boot_image(release: BootloaderRelease) -> bytes:
-    """BOOT's contents (read-only over DFU, §5): a stand-in bootloader of this release.
-
-    From 1.0.1 on it carries the real boot header at +0x1000 (§10); 1.0.0 has ordinary
-    code there (§13.1), modelled as Thumb NOPs.
-    """
-    image = bytearray(BOOT.size)
-    if release.boot_header:
-        header = BOOT_MAGIC.to_bytes(4, "little") + bytes(release.version)
-        image[BOOT_HEADER_OFFSET : BOOT_HEADER_OFFSET + len(header)] = header
-    else:
-        image[BOOT_HEADER_OFFSET : BOOT_HEADER_OFFSET + BOOT_HEADER_SIZE] = THUMB_NOP * (
-            BOOT_HEADER_SIZE // len(THUMB_NOP)
-        )
-    return bytes(image)
-
-
-THUMB_NOP = bytes.fromhex("00bf")
-
-
-class CameraInUse(Exception):
-    """Another process holds this virtual camera, as a claimed USB interface would be."""
-
-
-class DeviceMemory:
-    """The camera's storage, one buffer per partition; file-backed when given a directory.
-
-    A directory keeps one file per partition (`1-HP.bin`, ...), created on first use,
-    so a flash survives across runs as a real camera's memory does. Only the last
-    component of the directory is created (a mistyped path is not silently made into a
-    new camera); `created` says whether this call made it.
-
-    One camera has one owner: `claim()` takes an exclusive lock on the directory, as
-    claiming a real camera's USB interface does, and a second process gets CameraInUse.
-    """
-
-    LOCK_NAME = ".lock"
-
-    def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory
-        self._buffers: dict[int, bytearray | mmap.mmap] = {}
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # the locked file descriptor, while claimed
-        self.created = False
-        if directory is not None and not directory.is_dir():
-            if directory.exists():
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(directory))
-            if not directory.parent.is_dir():
-                raise FileNotFoundError(
-                    errno.ENOENT,
-                    f"cannot create a virtual camera there: {directory.parent} does not exist",
-                    str(directory),
-                )
-            directory.mkdir()
-            self.created = True
-
-    def claim(self) -> None:
-        """Become this camera's one owner (idempotent); CameraInUse if another process is."""
-        if self.directory is None or self._owner is not None:
-            return
-        fd = os.open(self.directory / self.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _lock_exclusive(fd)
-        except OSError:
-            os.close(fd)
-            raise CameraInUse(
-                f"the virtual camera in {self.directory} is in use by another process"
-            ) from None
-        self._owner = fd
-
-    def release(self) -> None:
-        if self._owner is not None:
-            self.flush()
-            os.close(self._owner)  # closing the descriptor drops the lock
-            self._owner = None
-
-    def buffer(self, partition: Partition) -> bytearray | mmap.mmap:
-        if partition.memory is Memory.RECOVERY or partition.read_only:
-            # BOOT is the bootloader itself, which the device model supplies.
-            raise ValueError(f"the {partition.name} partition has no storage")
-        with self._lock:
-            existing = self._buffers.get(partition.alt)
-            if existing is not None:
-                return existing
-            created = self._open(partition)
-            self._buffers[partition.alt] = created
-            return created
-
-    def _open(self, partition: Partition) -> bytearray | mmap.mmap:
-        if self.directory is None:
-            return bytearray(_fresh_contents(partition))
-        path = self.directory / partition_file_name(partition)
-        if not path.exists() or path.stat().st_size != partition.size:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
-            with os.fdopen(fd, "wb") as stream:
-                stream.write(_fresh_contents(partition))
-            os.replace(tmp, path)
-        with path.open("r+b") as stream:
-            return mmap.mmap(stream.fileno(), partition.size)
-
-    def read(self, partition: Partition, offset: int, length: int) -> bytes:
-        return bytes(self.buffer(partition)[offset : offset + length])
-
-    def write(self, partition: Partition, offset: int, data: bytes | memoryview) -> None:
-        self.buffer(partition)[offset : offset + len(data)] = data
-
-    def erase(self, partition: Partition) -> None:
-        buffer = self.buffer(partition)
-        buffer[:] = bytes([NOR_ERASED]) * partition.size
-
-    def flush(self) -> None:
-        for buffer in self._buffers.values():
-            if isinstance(buffer, mmap.mmap):
-                buffer.flush()
-
-    def close(self) -> None:
-        self.flush()
-        for buffer in self._buffers.values():
-            if isinstance(buffer, mmap.mmap):
-                buffer.close()
-        self._buffers.clear()
-        self.release()
-
-
-def _lock_exclusive(fd: int) -> None:
-    """A non-blocking exclusive lock on an open file; OSError when another holds it."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
+from ae3tools.virtual.descriptors import (
+    CONFIGURATION_DESCRIPTOR,
+    DEVICE_QUALIFIER,
+    MAX_TRANSFER,
+    device_descriptor,
+    string_descriptor,
+)
+from ae3tools.virtual.faults import DeviceTimeout, Fault, FaultKind, NoDevice, Stall
+from ae3tools.virtual.memory import NOR_ERASED, NOR_PAGE, DeviceMemory, boot_image
+from ae3tools.virtual.timing import Timing, precise_sleep
 
 # ----------------------------------------------------------------------------- the device
 
@@ -908,8 +534,3 @@ class VirtualAE3:
         if partition.memory is Memory.NOR:
             self._busy(self.timing.nor_read_block * length / DFU_BLOCK_SIZE)
         return data
-
-
-def partition_image(memory_dir: Path, role: Role) -> Path:
-    """Where a virtual camera kept in `memory_dir` stores the partition for `role`."""
-    return memory_dir / partition_file_name(partition_for_role(role))

@@ -40,13 +40,7 @@ from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E4
 from ae3tools.board import APPLICATION_PID, BOOTLOADER_PID, USB_VID  # noqa: E402
 from ae3tools.dfu.protocol import LATEST_BOOTLOADER, bootloader_release  # noqa: E402
 from ae3tools.virtual.application import FIRMWARES, split_faults  # noqa: E402
-from ae3tools.virtual.bootloader import (  # noqa: E402
-    CameraInUse,
-    DeviceMemory,
-    Fault,
-    Timing,
-    VirtualAE3,
-)
+from ae3tools.virtual.bootloader import VirtualAE3  # noqa: E402
 from ae3tools.virtual.camera import (  # noqa: E402
     BOOTLOADER_MODE,
     VIRTUAL_MODES,
@@ -54,6 +48,9 @@ from ae3tools.virtual.camera import (  # noqa: E402
     PtyPort,
     VirtualCamera,
 )
+from ae3tools.virtual.faults import Fault  # noqa: E402
+from ae3tools.virtual.memory import CameraInUse, DeviceMemory  # noqa: E402
+from ae3tools.virtual.timing import Timing  # noqa: E402
 from ae3tools.virtual.usbfs import (  # noqa: E402
     BUS,
     LISTEN_WINDOW,

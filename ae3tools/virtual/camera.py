@@ -48,18 +48,15 @@ from ae3tools.virtual.application import (
 from ae3tools.virtual.bootloader import (
     DEFAULT_SERIAL,
     VIRTUAL_BUS,
-    DeviceMemory,
     DeviceStats,
-    Fault,
-    NoDevice,
     Setup,
-    Stall,
-    Timing,
     VirtualAE3,
-    precise_sleep,
-    string_descriptor,
     virtual_serial,
 )
+from ae3tools.virtual.descriptors import string_descriptor
+from ae3tools.virtual.faults import Fault, NoDevice, Stall
+from ae3tools.virtual.memory import DeviceMemory
+from ae3tools.virtual.timing import Timing, precise_sleep
 
 if TYPE_CHECKING:
     from ae3tools.virtual.backend import VirtualBackend

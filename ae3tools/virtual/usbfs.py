@@ -22,13 +22,8 @@ import gi  # type: ignore[import-not-found]
 gi.require_version("UMockdev", "1.0")
 from gi.repository import UMockdev  # type: ignore[import-not-found]  # noqa: E402
 
-from ae3tools.virtual.bootloader import (  # noqa: E402
-    DeviceTimeout,
-    NoDevice,
-    Setup,
-    Stall,
-    VirtualAE3,
-)
+from ae3tools.virtual.bootloader import Setup, VirtualAE3  # noqa: E402
+from ae3tools.virtual.faults import DeviceTimeout, NoDevice, Stall  # noqa: E402
 
 BUS = 1
 LISTEN_WINDOW = 1.5  # spec §8.1, OMV_BOOT_DFU_TIMEOUT

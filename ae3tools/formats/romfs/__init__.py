@@ -1,0 +1,58 @@
+"""MicroPython ROMFS images: parse and validate, extract, build.
+
+Everything here follows romfs-format.md ("romfs §N" in the modules). One module per
+concern: `records` (kinds, vints, bounds), `alignment`, `names` (how names and paths are
+shown), `model` (the parsed image as data), `reader` with `walk`, `runs` and `checks`
+(parse and validate), `extract`, `build`. The names below are the package's interface.
+"""
+
+from ae3tools.formats.romfs.alignment import (
+    MAX_SHOWN_ALIGNMENT,
+    OPENMV_ALIGNMENT,
+    REQUIRED_ALIGNMENT,
+    AlignmentRule,
+    alignment_for,
+)
+from ae3tools.formats.romfs.build import build_romfs
+from ae3tools.formats.romfs.extract import MAX_EXTRACT_DEPTH, Extraction, extract
+from ae3tools.formats.romfs.model import (
+    RomfsEntry,
+    RomfsHeader,
+    RomfsImage,
+    file_digests,
+    shown_paths,
+)
+from ae3tools.formats.romfs.names import escape_name, show_name
+from ae3tools.formats.romfs.reader import parse_romfs
+from ae3tools.formats.romfs.records import (
+    MAX_ROMFS_SIZE,
+    encode_vint,
+    is_romfs,
+    read_vint,
+    romfs_extent,
+)
+
+__all__ = [
+    "MAX_EXTRACT_DEPTH",
+    "MAX_ROMFS_SIZE",
+    "MAX_SHOWN_ALIGNMENT",
+    "OPENMV_ALIGNMENT",
+    "REQUIRED_ALIGNMENT",
+    "AlignmentRule",
+    "Extraction",
+    "RomfsEntry",
+    "RomfsHeader",
+    "RomfsImage",
+    "alignment_for",
+    "build_romfs",
+    "encode_vint",
+    "escape_name",
+    "extract",
+    "file_digests",
+    "is_romfs",
+    "parse_romfs",
+    "read_vint",
+    "romfs_extent",
+    "show_name",
+    "shown_paths",
+]
