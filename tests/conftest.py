@@ -87,7 +87,11 @@ def mpremote_build(source: Path, output: Path) -> bytes:
 
 
 # Tests that need a peer this machine may lack, and what the summary calls them.
-WITNESSED = {"test_bridge.py": "bridge tests", "test_openmv_client.py": "openmv client tests"}
+WITNESSED = {
+    "test_bridge.py": "bridge tests",
+    "test_openmv_client.py": "openmv client tests",
+    "test_romfs_witnesses.py": "openmv-ota and MicroPython ROMFS tests",
+}
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

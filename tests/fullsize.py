@@ -47,6 +47,6 @@ def make_full_size_set(directory: Path, romfs0_size: int | None = None) -> dict[
         size = romfs0_size if role is Role.ROMFS0 and romfs0_size else partition.size
         (tree / "model.tflite").write_bytes(_filler(b"model", size - _HEADROOM))
         path = directory / str(partition.image_name)
-        path.write_bytes(build_romfs(tree, partition=partition))
+        path.write_bytes(build_romfs(tree, partition=partition).image)
         paths[role] = path
     return paths

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ae3tools.board import RAM_REGIONS, Role, partition_for_role
-from ae3tools.cli.artifacts import _entry_json
+from ae3tools.cli.artifacts import _entry_json, _Listed
 from ae3tools.cli.common import print_columns
 from ae3tools.collector import collector_paused
 from ae3tools.fileio import write_atomic
@@ -119,7 +119,7 @@ def test_build_of_a_very_deep_tree_does_not_recurse(tmp_path: Path) -> None:
         here.mkdir()
     (here / "leaf.txt").write_bytes(b"deep")
     try:
-        parsed = parse_romfs(build_romfs(top))
+        parsed = parse_romfs(build_romfs(top).image)
         assert parsed.ok and parsed.files[0].depth == 1101
     finally:  # shutil.rmtree (pytest's clean-up) recurses per level: unwind by hand
         (here / "leaf.txt").unlink()
@@ -198,11 +198,11 @@ def test_build_refuses_a_tree_past_the_record_cap(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _few_records(monkeypatch, 10)
-    for index in range(4):  # 8 records, and a pad: what the reader reads
+    for index in range(5):  # 10 records: what the reader reads
         (tmp_path / f"f{index}").write_bytes(b"x")
-    assert parse_romfs(build_romfs(tmp_path)).ok
-    (tmp_path / "f4").write_bytes(b"x")
-    with pytest.raises(Ae3Error, match=r"more than 10 records at .*f4; ae3tools reads no more"):
+    assert parse_romfs(build_romfs(tmp_path).image).ok
+    (tmp_path / "f5").write_bytes(b"x")
+    with pytest.raises(Ae3Error, match=r"more than 10 records at .*f5; ae3tools reads no more"):
         build_romfs(tmp_path)
 
 
@@ -216,10 +216,14 @@ def test_long_names_are_shown_short_and_stay_apart(tmp_path: Path, cli) -> None:
     listing = json.loads(cli("romfs", "ls", "--json", path).out)["entries"]
     assert len(listing) == 2003
     shown = "/" + "n" * 48 + "\u2026[200000-byte name @ 0x6]"  # after a 3-byte length
-    assert listing[0]["path"] == shown
-    assert listing[1]["path"] == listing[0]["path"] + "/0000"
-    assert listing[-2]["path"] != listing[-1]["path"]  # alike in what is shown, but the offset
-    assert max(len(e["path"]) for e in listing) < 100
+    # Past EXACT_PATH_LIMIT a path is not spelled out: the name and the parent say it.
+    assert listing[0]["path"] is None and listing[0]["shown_path"] == shown
+    assert listing[0]["name"] == "n" * 200_000
+    assert listing[1]["path"] is None and listing[1]["shown_path"] == shown + "/0000"
+    assert listing[1]["name"] == "0000" and listing[1]["parent"] == 0
+    assert listing[-2]["path"] == "/" + middle_a.decode()  # exact under the limit
+    assert listing[-1]["path"] == "/" + middle_b.decode()
+    assert max(len(e["path"] or e["shown_path"]) for e in listing) < 400
 
 
 # Trees deep enough to elide by levels, with names long enough to elide by characters.
@@ -313,7 +317,10 @@ def test_names_that_display_alike_stay_apart(tmp_path: Path, cli) -> None:
     path = tmp_path / "names.img"
     path.write_bytes(image)
     listing = json.loads(cli("romfs", "ls", "--json", path).out)["entries"]
-    assert [e["path"] for e in listing] == ["/\\xff", "/\\\\xff"]
+    # JSON holds the text exactly: the backslash is one, and the byte that is not UTF-8
+    # is U+FFFD in the text, its bytes in name_hex.
+    assert [e["path"] for e in listing] == ["/\ufffd", "/\\xff"]
+    assert [e.get("name_hex") for e in listing] == ["ff", None]
     assert listing[0]["sha256"] != listing[1]["sha256"]
     result = extract(image, parse_romfs(image), tmp_path / "out")
     assert sorted(p.read_bytes() for p in result.written) == [b"four characters", b"raw byte"]
@@ -338,7 +345,7 @@ def test_names_that_end_in_a_space_stay_apart(tmp_path: Path, cli) -> None:
     shown = [line.rsplit("  ", 1)[1] for line in table[2:5]]  # the path column, last
     assert shown == ["/a", "/a\\x20", "/a\\\\x20"]
     listing = json.loads(cli("romfs", "ls", "--json", path).out)["entries"]
-    assert [e["path"] for e in listing] == shown
+    assert [e["path"] for e in listing] == ["/a", "/a ", "/a\\x20"]  # exact, in JSON
     assert len({e["sha256"] for e in listing}) == 3
 
 
@@ -363,27 +370,45 @@ _json_paths = st.text(st.characters(codec="utf-8") | st.sampled_from('"\\\x00\x1
 
 @given(
     st.sampled_from(["file", "dir"]),
+    st.binary(max_size=12),
+    st.none() | _json_paths,
     _json_paths,
+    st.none() | st.integers(0, 250_000),
     st.integers(0, 2**32),
     st.integers(0, 2**32),
     st.none() | st.integers(0, 2**32),
     st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
 )
 def test_a_json_listing_entry_is_what_json_dumps_gives(
-    kind: str, path: str, size: int, record: int, data: int | None, digest: str | None
+    kind: str,
+    raw: bytes,
+    path: str | None,
+    shown: str,
+    parent: int | None,
+    size: int,
+    record: int,
+    data: int | None,
+    digest: str | None,
 ) -> None:
     """romfs ls --json formats its entries instead of encoding them: the text must be
-    json.dumps of the entry's object, byte for byte."""
-    entry = romfs.RomfsEntry(b"x", kind, record, size, data, None if data is None else "verbatim")
+    json.dumps of the entry's object, byte for byte, its optional keys included."""
+    entry = romfs.RomfsEntry(raw, kind, record, size, data, None if data is None else "verbatim")
     expected: dict[str, object] = {
         "path": path,
+        "name": raw.decode("utf-8", "replace"),
+        "parent": parent,
         "type": kind,
         "size": size,
         "record_offset": record,
     }
     if kind == "file":
         expected.update(offset=data, alignment=entry.alignment, sha256=digest)
-    assert _entry_json(entry, path, digest) == json.dumps(expected)
+    if raw.decode("utf-8", "replace").encode() != raw:
+        expected["name_hex"] = raw.hex()
+    if path is None:
+        expected["shown_path"] = shown
+    listed = _Listed(entry, shown, path, parent, digest)
+    assert _entry_json(listed) == json.dumps(expected)
 
 
 def test_extract_reports_what_it_cannot_write(tmp_path: Path, cli) -> None:

@@ -18,6 +18,7 @@ from ae3tools.findings import Ae3Error, Severity
 from ae3tools.formats.romfs import (
     OPENMV_ALIGNMENT,
     AlignmentRule,
+    BuildOptions,
     RomfsImage,
     build_romfs,
     encode_vint,
@@ -195,42 +196,54 @@ def test_mpremote_and_our_builder_agree_on_content(tmp_path: Path, tree: dict[st
     theirs = mpremote_image(tree)
     source = tmp_path / os.urandom(4).hex()
     write_tree(source, tree)
-    ours = build_romfs(source)
+    ours = build_romfs(source, options=BuildOptions(excludes=())).image  # mpremote packs all
     assert image_contents(ours) == image_contents(theirs) == tree_contents(source)
     ours_parsed, theirs_parsed = parse_romfs(ours), parse_romfs(theirs)
     assert [(e.path, e.type) for e in ours_parsed.entries] == [
         (e.path, e.type) for e in theirs_parsed.entries
     ]
-    assert len(ours) % 2 == 0  # romfs §6 even-size rule
-    assert not {f.code for f in ours_parsed.findings} - {"ROMFS_SLACK"}
+    # romfs §6: no parity pad (OpenMV's builders have none), so an odd size is a note.
+    assert not {f.code for f in ours_parsed.findings} - {"ROMFS_SLACK", "ROMFS_ODD_SIZE"}
     for entry in ours_parsed.files:
-        wanted = 16 if entry.name.endswith(".tflite") else 4
+        wanted = 16 if entry.name.lower().endswith((".tflite", ".lite", ".bin")) else 4
         assert entry.data_offset is not None and entry.data_offset % wanted == 0
 
 
-def test_builder_aligns_tflite_to_16_and_others_to_4(tmp_path: Path) -> None:
+def test_builder_aligns_models_to_16_in_any_case_and_others_to_4(tmp_path: Path) -> None:
     (tmp_path / "m.tflite").write_bytes(b"\x01" * 33)
     (tmp_path / "a.txt").write_bytes(b"abc")
+    (tmp_path / "b.lite").write_bytes(b"\x03" * 7)
+    (tmp_path / "Weights.BIN").write_bytes(b"\x04" * 9)
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "z.tflite").write_bytes(b"\x02" * 5)
-    image = build_romfs(tmp_path)
+    (tmp_path / "sub" / "z.int8.TFLITE").write_bytes(b"\x02" * 5)
+    image = build_romfs(tmp_path).image
     parsed = parse_romfs(image)
-    offsets = {e.path: e.data_offset for e in parsed.files}
-    assert offsets["/m.tflite"] % 16 == 0 and offsets["/sub/z.tflite"] % 16 == 0
+    offsets = {e.path: e.data_offset or 0 for e in parsed.files}
+    assert all(offsets[p] % 16 == 0 for p in ("/m.tflite", "/b.lite", "/Weights.BIN"))
+    assert offsets["/sub/z.int8.TFLITE"] % 16 == 0  # the last suffix decides (romfs §8.14)
     assert offsets["/a.txt"] % 4 == 0
     assert parsed.header is not None and parsed.header.payload_start == 16
-    custom = build_romfs(tmp_path, alignment=[AlignmentRule("*.txt", 64), *OPENMV_ALIGNMENT])
+    rules = [AlignmentRule("*.txt", 64), *OPENMV_ALIGNMENT]
+    custom = build_romfs(tmp_path, options=BuildOptions(alignment=rules)).image
     assert {e.path: e.data_offset for e in parse_romfs(custom).files}["/a.txt"] % 64 == 0
 
 
-def test_builder_refuses_non_ascii_names_and_oversize(tmp_path: Path) -> None:
-    (tmp_path / "caf\u00e9.py").write_bytes(b"")
-    with pytest.raises(Ae3Error, match="ASCII"):
-        build_romfs(tmp_path)
+def test_builder_stores_utf8_names_and_refuses_others_and_oversize(tmp_path: Path) -> None:
+    (tmp_path / "caf\u00e9.py").write_bytes(b"x")
+    image = build_romfs(tmp_path).image
+    assert [e.raw_name for e in parse_romfs(image).files] == ["caf\u00e9.py".encode()]
+    assert not parse_romfs(image).findings or {f.code for f in parse_romfs(image).findings} <= {
+        "ROMFS_ODD_SIZE"
+    }
     (tmp_path / "caf\u00e9.py").unlink()
+    if os.name == "posix":  # POSIX names are bytes: one that is not UTF-8 is refused, by path
+        os.close(os.open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.py"), os.O_CREAT))
+        with pytest.raises(Ae3Error, match="caf\udce9\\.py: the name is not valid UTF-8"):
+            build_romfs(tmp_path)
+        os.unlink(os.path.join(os.fsencode(tmp_path), b"caf\xe9.py"))
     (tmp_path / "big.bin").write_bytes(bytes(partition_for_role(Role.ROMFS1).size))
     with pytest.raises(Ae3Error, match="ROMFS1"):
-        build_romfs(tmp_path, partition=partition_for_role(Role.ROMFS1))
+        build_romfs(tmp_path, partition=partition_for_role(Role.ROMFS1))  # before reading it
 
 
 # ------------------------------------------------------------------ DATA_POINTER (§5)
@@ -239,7 +252,7 @@ def test_builder_refuses_non_ascii_names_and_oversize(tmp_path: Path) -> None:
 def test_data_pointer_written_by_mpremote_api() -> None:
     writer = VfsRomWriter()
     offset = writer.mkdata(b"shared-bytes")
-    writer.mkfile("p.bin", (12, offset))
+    writer.mkfile("p.txt", (12, offset))
     image = writer.finalise()
     parsed = parse_romfs(image)
     assert parsed.ok and not parsed.findings
@@ -304,7 +317,10 @@ def test_tolerated_properties_are_not_errors() -> None:
     assert parsed.ok and parsed.slack == 100 and "ROMFS_SLACK" in codes(trailing)
     odd = fs(file(b"a", b"x"))  # row 14
     assert len(odd) % 2 == 1 and parsed.ok
-    assert [f.severity for f in parse_romfs(odd).findings] == [Severity.WARNING]
+    # An odd size is a note: OpenMV's builders never pad (romfs §6).
+    assert [(f.code, f.severity) for f in parse_romfs(odd).findings] == [
+        ("ROMFS_ODD_SIZE", Severity.INFO)
+    ]
     padded = b"\xd2\xcd\x31" + b"\x80" * 30 + GOOD[3:]  # row 17
     assert image_contents(padded) == {"/a": b"xy"}
     skipped = fs(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import typer
 
@@ -21,6 +20,7 @@ from ae3tools.cli.common import (
     json_scalar,
     json_string,
     out,
+    plural,
     print_columns,
     print_findings,
 )
@@ -42,17 +42,21 @@ from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.formats.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
 from ae3tools.formats.key import make_key_file
 from ae3tools.formats.romfs import (
+    DEFAULT_EXCLUDES,
     MAX_SHOWN_ALIGNMENT,
     OPENMV_ALIGNMENT,
     REQUIRED_ALIGNMENT,
     AlignmentRule,
+    BuildOptions,
     RomfsEntry,
     RomfsImage,
     build_romfs,
+    exact_paths,
     extract,
     file_digests,
     parse_romfs,
     shown_paths,
+    text_name,
 )
 
 romfs_app = typer.Typer(
@@ -118,35 +122,60 @@ def keygen(
 # (keys in this order, ", " and ": " between them), formatted rather than encoded: the
 # values are integers, null and strings escaped by json's own escaper, and a crafted
 # image lists 250,000 entries, where the encoder's per-object work was a fifth of the run.
-_DIR_JSON = '{"path": %s, "type": "dir", "size": %d, "record_offset": %d}'
+# "path" and "name" are the exact text; "parent" is the index of the entry's directory.
+# Only when needed: "name_hex", the bytes of a name that is not UTF-8, and "shown_path",
+# the elided path of an entry whose path is past EXACT_PATH_LIMIT ("path" is null).
+_DIR_JSON = (
+    '{"path": %s, "name": %s, "parent": %s, "type": "dir", "size": %d, "record_offset": %d%s}'
+)
 _FILE_JSON = (
-    '{"path": %s, "type": "file", "size": %d, "record_offset": %d, '
-    '"offset": %s, "alignment": %s, "sha256": %s}'
+    '{"path": %s, "name": %s, "parent": %s, "type": "file", "size": %d, "record_offset": %d, '
+    '"offset": %s, "alignment": %s, "sha256": %s%s}'
 )
 
 
-def _entry_json(entry: RomfsEntry, path: str, digest: str | None) -> str:
+class _Listed(NamedTuple):
+    """What `romfs ls` shows of one entry."""
+
+    entry: RomfsEntry
+    shown: str  # the path as the table shows it: escaped, elided when long
+    exact: str | None  # the path's text, None past EXACT_PATH_LIMIT
+    parent: int | None  # the index of its directory in the listing
+    digest: str | None
+
+
+def _entry_json(listed: _Listed) -> str:
+    entry = listed.entry
+    name = text_name(entry.raw_name)
+    extra = ""
+    if name.encode() != entry.raw_name:
+        extra += f', "name_hex": "{entry.raw_name.hex()}"'
+    if listed.exact is None:
+        extra += f', "shown_path": {json_string(listed.shown)}'
+    common = (json_scalar(listed.exact), json_string(name), json_scalar(listed.parent))
     if entry.type == "dir":
-        return _DIR_JSON % (json_string(path), entry.size, entry.record_offset)
+        return _DIR_JSON % (*common, entry.size, entry.record_offset, extra)
     return _FILE_JSON % (
-        json_string(path),
+        *common,
         entry.size,
         entry.record_offset,
         json_scalar(entry.data_offset),
         json_scalar(entry.alignment),
-        json_scalar(digest),
+        json_scalar(listed.digest),
+        extra,
     )
 
 
-def _entry_row(entry: RomfsEntry, path: str, digest: str | None) -> list[str]:
+def _entry_row(listed: _Listed) -> list[str]:
+    entry = listed.entry
     if entry.type == "dir":
-        return ["", "", "", "", path + "/"]
+        return ["", "", "", "", listed.shown + "/"]
     return [
         str(entry.size),
         f"0x{entry.data_offset or 0:08x}",
         str(entry.alignment),
-        (digest or "")[:16],
-        path,
+        (listed.digest or "")[:16],
+        listed.shown,
     ]
 
 
@@ -168,8 +197,11 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
     digests = file_digests(data, parsed.entries)
     header = parsed.header
 
-    def listing() -> Iterator[tuple[RomfsEntry, str, str | None]]:
-        return zip(parsed.entries, shown_paths(parsed.entries), digests, strict=True)
+    def listing() -> Iterator[_Listed]:
+        index = {id(entry): i for i, entry in enumerate(parsed.entries) if entry.type == "dir"}
+        parents = (index[id(e.parent)] if e.parent else None for e in parsed.entries)
+        columns = (shown_paths(parsed.entries), exact_paths(parsed.entries), parents, digests)
+        return map(_Listed._make, zip(parsed.entries, *columns, strict=True))
 
     if as_json:
         emit_json_streaming(
@@ -179,7 +211,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
-                "entries": itertools.starmap(_entry_json, listing()),
+                "entries": map(_entry_json, listing()),
                 **finding_rows(parsed.findings),
             },
             "entries",
@@ -188,7 +220,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
         out.print(source)
         print_columns(
             _entry_columns(parsed.entries),
-            itertools.starmap(_entry_row, listing()),
+            map(_entry_row, listing()),
             right=("size", "align"),
         )
         if header:
@@ -322,6 +354,10 @@ def romfs_extract(
         raise typer.Exit(1)
 
 
+# Left-out entries a build names in its text output; --json lists them all.
+LEFT_OUT_SHOWN = 10
+
+
 @romfs_app.command("build")
 def romfs_build(
     source: Path = typer.Argument(..., help="Directory tree to pack."),
@@ -337,27 +373,68 @@ def romfs_build(
         [],
         "--align",
         metavar="PATTERN=N",
-        help="Data alignment as PATTERN=N (repeatable, first match wins); "
-        "OpenMV's rules follow: *.tflite=16, everything else 4.",
+        help="Data alignment as PATTERN=N (repeatable, first match wins, any case); "
+        "the AE3's rules follow: *.tflite, *.lite, *.bin at 16, everything else 4.",
+    ),
+    exclude: list[str] = typer.Option(
+        [],
+        "--exclude",
+        metavar="GLOB",
+        help="Leave out entries whose name matches (repeatable; a directory goes whole).",
+    ),
+    no_default_excludes: bool = typer.Option(
+        False,
+        "--no-default-excludes",
+        help=f"Pack what the defaults leave out: {', '.join(DEFAULT_EXCLUDES)}.",
+    ),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks", help="Pack what symbolic links point to (left out otherwise)."
     ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Build a ROMFS image from a directory tree, directories kept, OpenMV alignment.
+    """Build a ROMFS image from a directory tree, laid out as OpenMV IDE and openmv-ota do.
 
-    Example: ae3tools romfs build rom/ -o romfs0.img --partition romfs0
+    A tree builds byte for byte as `openmv-ota romfs pack -b OPENMV_AE3` builds it (for
+    names of one suffix): directories kept, models and weights aligned to 16. Names are
+    stored as UTF-8. Left out, and listed: VCS and cache leftovers (see
+    --no-default-excludes), --exclude matches, symbolic links, special files.
+
+    Example: ae3tools romfs build rom/ -o romfs0.img --partition romfs0 --exclude '*.md'
     """
     role = romfs_partition(partition)
     target = partition_for_role(role) if role else None
     refuse_output_over_input(output, [source])
-    image = build_romfs(source, alignment=parse_rules(align, OPENMV_ALIGNMENT), partition=target)
-    write_atomic(output, image, force=force)
-    parsed = parse_romfs(image, partition=target)
+    options = BuildOptions(
+        alignment=parse_rules(align, OPENMV_ALIGNMENT),
+        excludes=[*([] if no_default_excludes else DEFAULT_EXCLUDES), *exclude],
+        follow_symlinks=follow_symlinks,
+    )
+    built = build_romfs(source, options=options, partition=target)
+    write_atomic(output, built.image, force=force)
+    size = len(built.image)
     if as_json:
-        emit_json({"output": str(output), "size": len(image), "files": len(parsed.files)})
-    else:
-        fit = f", {100 * len(image) / target.size:.1f}% of {target.name}" if target else ""
-        out.print(f"wrote {output}: {len(parsed.files)} files, {len(image)} bytes{fit}")
+        emit_json(
+            {
+                "ok": True,
+                "output": str(output),
+                "size": size,
+                "files": built.files,
+                "directories": built.directories,
+                "left_out": [{"path": e.path, "reason": e.reason} for e in built.left_out],
+            }
+        )
+        return
+    fit = f", {100 * size / target.size:.1f}% of {target.name}" if target else ""
+    out.print(
+        f"wrote {output}: {plural(built.files, 'file')} in "
+        f"{plural(built.directories, 'directory', 'directories')}, {size} bytes{fit}"
+    )
+    shown = built.left_out[:LEFT_OUT_SHOWN]
+    for entry in shown:
+        out.print(f"  left out {entry.path}: {entry.reason}")
+    if len(built.left_out) > len(shown):
+        out.print(f"  and {len(built.left_out) - len(shown)} more left out (--json lists all)")
 
 
 # ----------------------------------------------------------------------------- inspect

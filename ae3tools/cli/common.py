@@ -16,14 +16,16 @@ from rich.text import Text
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity, UsageError
 
-# C0 and C1 control characters other than newline and tab: never sent to a terminal.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 and C1 control characters other than newline and tab: never sent to a terminal. And
+# the lone surrogates that stand for a file name's undecodable bytes (PEP 383), which no
+# terminal encoding takes: both shown as \xNN, the byte they are.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udcff]")
 
 
 def printable(text: str) -> str:
     """`text` with every control character shown as \\xNN: a name from an input can then
     neither move the cursor nor clear the screen."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", text)
 
 
 class LiteralConsole(Console):
@@ -57,6 +59,11 @@ JsonOption = typer.Option(
     False, "--json", help="Print the result (or the error) as one JSON object on stdout."
 )
 ForceOption = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """A count with its noun: "1 file", "2 files"."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _version(value: bool) -> None:

@@ -13,14 +13,23 @@ from ae3tools.formats.romfs.alignment import (
     AlignmentRule,
     alignment_for,
 )
-from ae3tools.formats.romfs.build import build_romfs
+from ae3tools.formats.romfs.build import (
+    DEFAULT_EXCLUDES,
+    BuildOptions,
+    BuiltImage,
+    LeftOut,
+    build_romfs,
+)
 from ae3tools.formats.romfs.extract import MAX_EXTRACT_DEPTH, Extraction, extract
 from ae3tools.formats.romfs.model import (
+    EXACT_PATH_LIMIT,
     RomfsEntry,
     RomfsHeader,
     RomfsImage,
+    exact_paths,
     file_digests,
     shown_paths,
+    text_name,
 )
 from ae3tools.formats.romfs.names import escape_name, show_name
 from ae3tools.formats.romfs.reader import parse_romfs
@@ -33,13 +42,18 @@ from ae3tools.formats.romfs.records import (
 )
 
 __all__ = [
+    "DEFAULT_EXCLUDES",
+    "EXACT_PATH_LIMIT",
     "MAX_EXTRACT_DEPTH",
     "MAX_ROMFS_SIZE",
     "MAX_SHOWN_ALIGNMENT",
     "OPENMV_ALIGNMENT",
     "REQUIRED_ALIGNMENT",
     "AlignmentRule",
+    "BuildOptions",
+    "BuiltImage",
     "Extraction",
+    "LeftOut",
     "RomfsEntry",
     "RomfsHeader",
     "RomfsImage",
@@ -47,6 +61,7 @@ __all__ = [
     "build_romfs",
     "encode_vint",
     "escape_name",
+    "exact_paths",
     "extract",
     "file_digests",
     "is_romfs",
@@ -55,4 +70,5 @@ __all__ = [
     "romfs_extent",
     "show_name",
     "shown_paths",
+    "text_name",
 ]

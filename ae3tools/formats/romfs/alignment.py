@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AlignmentRule:
-    """File data whose base name matches `pattern` must start at a multiple of `alignment`."""
+    """File data whose name matches `pattern` must start at a multiple of `alignment`.
+
+    The pattern is a glob matched against the whole name in any case, so `*.bin` is the
+    last suffix: `Weights.BIN` and `model.int8.bin` match it.
+    """
 
     pattern: str
     alignment: int
@@ -26,25 +30,37 @@ class AlignmentRule:
             raise ValueError(f"alignment rule {text!r}: expected PATTERN=N with N a power of two")
         return cls(pattern, alignment)
 
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name.lower(), self.pattern.lower())
+
 
 # An entry's alignment is reported up to this (offset 0 is aligned to anything).
 MAX_SHOWN_ALIGNMENT = 1 << 16
 
-# romfs §8.14: OpenMV asks for 16 for .tflite (zero-copy model use) and defaults to 4.
+# romfs §8.14: the AE3's rules in OpenMV IDE's board settings and in openmv-ota's
+# boards.json (both ROMFS partitions): models and weights at 16, so `ml.Model` can use
+# them in place; everything else at 4. openmv-ota matches Qt's "complete suffix" (all
+# after the first dot), which leaves `model.int8.tflite` at 4; the last suffix, as here,
+# aligns it, and 16 is also a multiple of 4, so openmv-ota's verify accepts it.
 OPENMV_ALIGNMENT: tuple[AlignmentRule, ...] = (
     AlignmentRule("*.tflite", 16),
+    AlignmentRule("*.lite", 16),
+    AlignmentRule("*.bin", 16),
     AlignmentRule("*", 4),
 )
-# What a validator insists on by default: only the rule whose breach breaks a device.
-REQUIRED_ALIGNMENT: tuple[AlignmentRule, ...] = (AlignmentRule("*.tflite", 16),)
+# What a validator insists on by default: the rules whose breach breaks a device.
+REQUIRED_ALIGNMENT: tuple[AlignmentRule, ...] = OPENMV_ALIGNMENT[:-1]
 
 
 def alignment_for(name: str, rules: Sequence[AlignmentRule]) -> int:
+    """The first matching rule's alignment; 1 when none matches."""
     for rule in rules:
-        if fnmatch.fnmatchcase(name, rule.pattern):
+        if rule.matches(name):
             return rule.alignment
     return 1
 
 
-# Names are shown escaped: printable ASCII as is (a backslash doubled), every other byte
-# as \xNN, and so is a space that ends a name (at the end of a line it would vanish:
+def largest_alignment(rules: Sequence[AlignmentRule]) -> int:
+    """What directory contents are aligned to, so that every rule holds inside them
+    whatever the directory's place (openmv-ota's and OpenMV IDE's layout)."""
+    return max((rule.alignment for rule in rules), default=1)

@@ -6,9 +6,8 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 from ae3tools.board import Partition
-from ae3tools.findings import Severity, info, warning
+from ae3tools.findings import Severity, info
 from ae3tools.formats.romfs.alignment import AlignmentRule, alignment_for
-from ae3tools.formats.romfs.names import escape_name
 from ae3tools.formats.romfs.records import OPENMV_HEADER_SIZE, OPENMV_RECORD_HEADER_SIZE
 from ae3tools.formats.romfs.runs import short_run_blobs
 from ae3tools.formats.romfs.walk import Walk
@@ -65,7 +64,7 @@ def check_alignment(walk: Walk, rules: Sequence[AlignmentRule]) -> None:
     for entry in walk.entries:
         if entry.data_offset is None or not entry.size:
             continue
-        wanted = alignment_for(escape_name(entry.raw_name), rules)
+        wanted = alignment_for(entry.raw_name.decode("utf-8", "replace"), rules)
         if entry.data_offset % wanted:
             walk.add(
                 "ROMFS_MISALIGNED",
@@ -80,7 +79,8 @@ def check_conventions(walk: Walk, partition: Partition | None) -> None:
     """romfs §8.C: conventions that the reader does not need."""
     total = walk.header.total_size
     if total % 2:
-        walk.log.add(warning("ROMFS_ODD_SIZE", f"FILESYSTEM record is {total} bytes, not even"))
+        # romfs §6: upstream's convention; OpenMV's builders never pad, so a note.
+        walk.log.add(info("ROMFS_ODD_SIZE", f"FILESYSTEM record is {total} bytes, not even"))
     slack = len(walk.buf) - total
     if slack:
         where = f" of {partition.size} in {partition.name}" if partition else ""
@@ -92,7 +92,7 @@ def check_conventions(walk: Walk, partition: Partition | None) -> None:
 def guess_builder(walk: Walk) -> str:
     """romfs §9/§11: which builder's layout this looks like."""
     header = walk.header
-    if header.payload_start == OPENMV_HEADER_SIZE and walk.record_header_sizes <= {
+    if header.payload_start == OPENMV_HEADER_SIZE and walk.file_header_sizes <= {
         OPENMV_RECORD_HEADER_SIZE
     }:
         return "openmv-style"

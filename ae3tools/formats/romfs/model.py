@@ -119,6 +119,38 @@ def shown_paths(entries: Iterable[RomfsEntry]) -> Iterator[str]:
         yield path_rest(head, names[-PATH_SIDE_LEVELS:], depth)
 
 
+# A path is given exactly (`exact_paths`) up to this many characters, far past any a
+# camera's script would use. Past it the path is not spelled out: its text would grow
+# with the depth of every entry below, and a crafted image nests 100,000 levels.
+EXACT_PATH_LIMIT = 1024
+
+
+def text_name(raw: bytes) -> str:
+    """A name as MicroPython's os.listdir gives it: its UTF-8 text (U+FFFD for bytes that
+    are not UTF-8, where MicroPython raises UnicodeError)."""
+    return raw.decode("utf-8", "replace")
+
+
+def exact_paths(entries: Iterable[RomfsEntry]) -> Iterator[str | None]:
+    """Each entry's path as text, exactly ("/lib/caf\u00e9.py"), or None past
+    EXACT_PATH_LIMIT characters; in image order each costs its own name, as in
+    shown_paths."""
+    names: list[str] = []  # the names of the last entry's levels, root first
+    lengths: list[int] = []  # the length of the path to each of those levels
+    chain: list[RomfsEntry] = []  # the entries of those levels
+    for entry in entries:
+        depth = entry.depth
+        if depth > len(chain) + 1 or (depth > 1 and chain[depth - 2] is not entry.parent):
+            path = "/" + "/".join(map(text_name, entry.parts()))  # not in image order
+            yield path if len(path) <= EXACT_PATH_LIMIT else None
+            continue
+        del names[depth - 1 :], lengths[depth - 1 :], chain[depth - 1 :]
+        names.append(text_name(entry.raw_name))
+        lengths.append((lengths[-1] if lengths else 0) + 1 + len(names[-1]))
+        chain.append(entry)
+        yield "/" + "/".join(names) if lengths[-1] <= EXACT_PATH_LIMIT else None
+
+
 @dataclass(frozen=True)
 class RomfsHeader:
     """The FILESYSTEM record (romfs §3)."""

@@ -138,8 +138,8 @@ def _read_record(
     kind, body, kind_pads = buf[pos], pos + 1, 0
     if kind < 0x80 and body < end and buf[body] < 0x80 and body + 1 + buf[body] <= end:
         # One-byte kind and length, the usual case.
-        if kind in (KIND_FILE, KIND_DIRECTORY):
-            walk.record_header_sizes.add(2)
+        if kind == KIND_FILE:
+            walk.file_header_sizes.add(2)
         return kind, body + 1, body + 1 + buf[body]
     try:
         if kind >= 0x80:
@@ -168,8 +168,8 @@ def _read_record(
         return None
     if kind_pads or length_pads:
         walk.padded_records += 1
-    if kind in (KIND_FILE, KIND_DIRECTORY):
-        walk.record_header_sizes.add(body - pos)
+    if kind == KIND_FILE:
+        walk.file_header_sizes.add(body - pos)
     return kind, body, body + length
 
 
@@ -263,8 +263,8 @@ def _check_name(walk: Walk, parent: Frame, raw: bytes, offset: int, duplicate: b
         found.append(_NAME_INVALID)
     elif raw.translate(None, _NOT_CONTROL_BYTES):
         found.append(_NAME_CONTROL)
-    elif not raw.isascii():
-        found.append(_NAME_NOT_ASCII)
+    elif not raw.isascii() and not _is_utf8(raw):
+        found.append(_NAME_NOT_UTF8)
     if duplicate:
         found.append(_NAME_DUPLICATE)
     for code, severity, message in found:
@@ -290,12 +290,27 @@ _NAME_CONTROL = (
     Severity.WARNING,
     "name '{}' holds control characters (shown escaped)",
 )
-_NAME_NOT_ASCII = ("ROMFS_NAME_NOT_ASCII", Severity.WARNING, "name '{}' is not ASCII")
+_NAME_NOT_UTF8 = (
+    "ROMFS_NAME_NOT_UTF8",
+    Severity.WARNING,
+    "name '{}' is not valid UTF-8: on the camera, os.listdir() of its directory raises "
+    "UnicodeError",
+)
 _NAME_DUPLICATE = (
     "ROMFS_NAME_DUPLICATE",
     Severity.ERROR,
     "second entry named '{}' here: opening it returns the first",
 )
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 # Deleting these from a name leaves its control characters (C0 and DEL), if any.
 _NOT_CONTROL_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 # The bytes of a name that earns no finding by its bytes alone: printable ASCII, no '/'.

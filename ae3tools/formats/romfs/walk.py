@@ -48,7 +48,7 @@ class Walk:
     run_starts: array[int] = field(default_factory=lambda: array("q"))
     run_ends: array[int] = field(default_factory=lambda: array("q"))
     padded_records: int = 0
-    record_header_sizes: set[int] = field(default_factory=set)
+    file_header_sizes: set[int] = field(default_factory=set)  # romfs §9: OpenMV's are 8
     records: int = 0  # read one by one, against MAX_RECORDS
     stopped_at: int | None = None  # where the walk gave up at MAX_RECORDS
 
