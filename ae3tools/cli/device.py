@@ -134,6 +134,12 @@ def flash(
         False, "--dry-run", help="Print the plan and the equivalent dfu-util commands."
     ),
     key: Path | None = KeyOption,
+    replace_ota_layout: bool = typer.Option(
+        False,
+        "--replace-ota-layout",
+        help="Write a plain ROMFS0 even over openmv-ota's A/B layout on the camera "
+        "(refused otherwise: the camera would keep booting the old application).",
+    ),
     every: bool = typer.Option(
         False,
         "--all",
@@ -253,6 +259,7 @@ def flash(
             reset=reset,
             timeout_ms=target.timeout_ms,
             reboot_wait=target.reboot_wait,
+            replace_ota_layout=replace_ota_layout,
         )
         flash_many(
             bundle, images, job, target, every=every, station=station, count=count, log=log,
@@ -266,7 +273,12 @@ def flash(
     try:
         with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
             results = flash_images(
-                session.dfu, images, incremental=not full, verify=verify, observer=bars
+                session.dfu,
+                images,
+                incremental=not full,
+                verify=verify,
+                replace_ota_layout=replace_ota_layout,
+                observer=bars,
             )
             after = end_session(session, reset, quiet=as_json)
     except FlashFailed as exc:
@@ -334,12 +346,13 @@ def check(
 
     Example: ae3tools check ae3-v4.7.0.zip --json
     """
-    from ae3tools.dfu.flash import check_images, parse_only, select_images
+    from ae3tools.dfu.flash import check_images, ota_layouts_replaced, parse_only, select_images
     from ae3tools.release.bundle import read_bundle
 
     images = select_images(read_bundle(bundle), parse_only(only))
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
         comparisons = check_images(session.dfu, images, observer=bars)
+        replaced = ota_layouts_replaced(session.dfu, images)
         after = end_session(session, reset, quiet=as_json)
     equal = all(c.equal for c in comparisons)
     if as_json:
@@ -349,12 +362,20 @@ def check(
                 "ok": equal,
                 "device": session.info.as_dict(),
                 "images": [c.as_dict() for c in comparisons],
+                "replaces_ota_layout": {
+                    image.role.value: layout.as_dict() for image, layout in replaced
+                },
                 "reset": reset,
                 "after": after,
             }
         )
     else:
         out.print(comparison_table(comparisons))
+        for image, layout in replaced:
+            out.print(
+                f"{image.partition.name} on the camera holds {layout.describe()}: flashing "
+                f"this bundle's plain {image.entry.file} over it needs --replace-ota-layout"
+            )
         differing = [c.role.value for c in comparisons if not c.equal]
         out.print(
             "the camera holds the bundle"

@@ -69,6 +69,7 @@ class FlashJob:
     reset: bool = True
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     reboot_wait: float = BOOTLOADER_TIMEOUT
+    replace_ota_layout: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def flash_camera(
                 job.images,
                 incremental=job.incremental,
                 verify=job.verify,
+                replace_ota_layout=job.replace_ota_layout,
                 observer=observer,
             )
             after = end_session(session, job.reset)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from ae3tools.board import (
     BOOTLOADER_PID,
+    DFU_BLOCK_SIZE,
     RWFS_ERASE_PAYLOAD_SIZE,
     USB_VID,
     Partition,
@@ -32,8 +33,13 @@ from ae3tools.dfu.host import DfuSession
 from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.findings import DeviceError, UsageError, errors_in
 from ae3tools.formats.key import check_key
+from ae3tools.formats.ota_layout import OtaLayout, find_ota_layout, image_ota_layout
 from ae3tools.formats.romfs import is_romfs, romfs_extent
 from ae3tools.release.bundle import BundleImage
+
+
+class OtaLayoutOnCamera(DeviceError):
+    """Flashing would replace openmv-ota's layout with a plain ROMFS (refused by default)."""
 
 
 class FlashFailed(DeviceError):
@@ -102,19 +108,62 @@ def dfu_util_commands(images: Sequence[BundleImage], *, reset: bool) -> list[str
     return commands
 
 
+def camera_ota_layout(session: DfuSession, partition: Partition) -> OtaLayout | None:
+    """openmv-ota's layout in the camera's `partition`, from the few blocks where its
+    slots start and its trailers sit (a handful of reads, whatever the partition)."""
+    session.begin(partition)
+    blocks: dict[int, bytes] = {}
+
+    def read(offset: int, length: int) -> bytes:
+        block, start = divmod(offset, DFU_BLOCK_SIZE)
+        if block not in blocks:
+            blocks[block] = session.read_block(partition, block)
+        return blocks[block][start : start + length]
+
+    return find_ota_layout(read, partition.size)
+
+
+def ota_layouts_replaced(
+    session: DfuSession, images: Sequence[BundleImage]
+) -> list[tuple[BundleImage, OtaLayout]]:
+    """The images that would write a plain ROMFS0 over openmv-ota's layout on the camera:
+    its boot code would keep mounting the old slot (see formats/ota_layout.py)."""
+    replaced = []
+    for image in images:
+        if image.role is not Role.ROMFS0:  # openmv-ota lays out ROMFS0 only
+            continue
+        if image_ota_layout(image.data, image.partition.size) is not None:
+            continue  # the bundle brings a layout of its own
+        layout = camera_ota_layout(session, image.partition)
+        if layout is not None:
+            replaced.append((image, layout))
+    return replaced
+
+
 def flash_images(
     session: DfuSession,
     images: Sequence[BundleImage],
     *,
     incremental: bool = True,
     verify: bool = True,
+    replace_ota_layout: bool = False,
     observer: FlashObserver | None = None,
 ) -> list[ImageResult]:
     """Bring each image onto the camera in one session, in order (see `write_image`).
 
-    Raises FlashFailed at the first failure; nothing after it is attempted and the
-    camera is not reset, so it stays in the bootloader for a re-run.
+    Before anything is written, a plain ROMFS0 that would replace openmv-ota's layout on
+    the camera is refused (OtaLayoutOnCamera) unless `replace_ota_layout`. Raises
+    FlashFailed at the first failure; nothing after it is attempted and the camera is not
+    reset, so it stays in the bootloader for a re-run.
     """
+    if not replace_ota_layout:
+        for image, layout in ota_layouts_replaced(session, images):
+            raise OtaLayoutOnCamera(
+                f"{image.partition.name} on the camera holds {layout.describe()}; a plain "
+                f"{image.entry.file} written over it leaves the camera booting the old "
+                "application. Nothing was written",
+                hint="To replace the layout anyway, flash again with --replace-ota-layout",
+            )
     results: list[ImageResult] = []
     for index, image in enumerate(images):
         try:

@@ -34,7 +34,8 @@ MAX_INPUT_SIZE = 3 * max(p.size for p in PARTITIONS)
 
 _NAME_HINTS: tuple[tuple[re.Pattern[str], Role], ...] = (
     (re.compile(r"romfs0"), Role.ROMFS0),
-    (re.compile(r"romfs1"), Role.ROMFS1),
+    (re.compile(r"romfs1|coprocessor-romfs"), Role.ROMFS1),  # openmv-ota: HE's ROMFS
+    (re.compile(r"(?:^|[^a-z0-9])romfs\.img$"), Role.ROMFS0),  # openmv-ota: <BOARD>-romfs.img
     (re.compile(r"(?:^|[^a-z])hp(?:[^a-z]|$)"), Role.HP),
     (re.compile(r"(?:^|[^a-z])he(?:[^a-z]|$)"), Role.HE),
     (re.compile(r"(?:^|[^a-z])key(?:[^a-z]|$)"), Role.KEY),
@@ -90,7 +91,9 @@ class Artifact:
             shown = f" ({self.identity.describe()})" if self.identity else ""
             return f"{self.role.name} firmware{shown}"
         if self.kind == "romfs":
-            return f"ROMFS ({self.role.name})" if self.role else "ROMFS (ROMFS0 or ROMFS1)"
+            layout = ", openmv-ota A/B" if self.romfs and self.romfs.ota_layout else ""
+            where = self.role.name if self.role else "ROMFS0 or ROMFS1"
+            return f"ROMFS{layout} ({where})"
         if self.kind == "key":
             return "recovery key"
         return "unknown"

@@ -227,16 +227,36 @@ def resolve_build_date(value: str | None) -> str | None:
     return moment.replace(microsecond=0).isoformat()
 
 
+# What each role's image is called in a build directory: OpenMV's firmware build, then
+# openmv-ota's output (`<BOARD>-firmware-M55_HP.bin`, `<BOARD>-coprocessor-romfs.img`, and
+# for ROMFS0 its plain `<BOARD>-romfs.img` or its A/B `<BOARD>-factory-romfs.img`).
+BUILD_NAMES: dict[Role, tuple[str, ...]] = {
+    Role.HP: ("firmware_M55_HP.bin", "*firmware-M55_HP.bin"),
+    Role.HE: ("firmware_M55_HE.bin", "*firmware-M55_HE.bin"),
+    Role.ROMFS1: ("romfs1.img", "*coprocessor-romfs.img"),
+    Role.ROMFS0: ("romfs0.img", "*-romfs.img"),  # the ones no other role claimed
+}
+
+
 def inputs_from_directory(directory: Path) -> dict[Role, Path]:
-    """OpenMV's usual build file names for each role, where present."""
+    """Each role's image in a build directory, by the names in BUILD_NAMES; two
+    candidates for one role are a usage error (name the one you mean)."""
     require_directory(directory)
-    found = {}
-    for role in FLASH_ORDER:
-        name = partition_for_role(role).image_name
-        if name and (directory / name).is_file():
-            found[role] = directory / name
+    found: dict[Role, Path] = {}
+    for role in FLASH_ORDER:  # ROMFS1 before ROMFS0: coprocessor-romfs.img is ROMFS1's
+        matches = sorted(
+            {path for pattern in BUILD_NAMES[role] for path in directory.glob(pattern)
+             if path.is_file() and path not in found.values()}
+        )  # fmt: skip
+        if len(matches) > 1:
+            names = ", ".join(path.name for path in matches)
+            raise UsageError(
+                f"{directory}: {names} could each be {role.name}; name one with --{role.value}"
+            )
+        if matches:
+            found[role] = matches[0]
     if not found:
-        names = ", ".join(str(partition_for_role(r).image_name) for r in FLASH_ORDER)
+        names = ", ".join(name for role in FLASH_ORDER for name in BUILD_NAMES[role][:2])
         raise UsageError(f"{directory}: none of {names} found")
     return found
 

@@ -44,6 +44,7 @@ from ae3tools.formats.romfs.records import (
 __all__ = [
     "DEFAULT_EXCLUDES",
     "EXACT_PATH_LIMIT",
+    "MAGIC",
     "MAX_EXTRACT_DEPTH",
     "MAX_ROMFS_SIZE",
     "MAX_SHOWN_ALIGNMENT",

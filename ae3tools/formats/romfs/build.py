@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +81,10 @@ class BuildOptions:
     alignment: Sequence[AlignmentRule] = OPENMV_ALIGNMENT
     excludes: Sequence[str] = DEFAULT_EXCLUDES
     follow_symlinks: bool = False
+    # Compiles a script to .mpy (formats/mpy.py). Every .py becomes NAME.mpy, as mpremote
+    # and openmv-ota do, except where NAME.mpy is there already and the top-level main.py,
+    # which the firmware runs by that name.
+    compile_py: Callable[[Path], bytes] | None = None
 
 
 @dataclass
@@ -92,6 +96,7 @@ class _Node:
     path: Path
     size: int = 0  # a file's data length
     children: list[_Node] | None = None  # None for a file
+    data: bytes | None = None  # a file's data when made here (a compiled script)
     content_length: int = 0  # a directory's: its children's records
 
     @property
@@ -162,8 +167,24 @@ class _Scan:
                 continue
             node = self._node(path, name)
             if node is not None:
-                nodes.append(node)
-        return nodes
+                nodes.append(self._compiled(node, names) if self._compiles(node) else node)
+        return sorted(nodes, key=lambda node: node.name)  # a compiled name sorts anew
+
+    def _compiles(self, node: _Node) -> bool:
+        return (
+            self.options.compile_py is not None
+            and node.children is None
+            and node.name.endswith(b".py")
+            and node.path != self.source / "main.py"
+        )
+
+    def _compiled(self, node: _Node, siblings: Sequence[str]) -> _Node:
+        mpy_name = node.name[:-3] + b".mpy"
+        if mpy_name.decode() in siblings:
+            return node  # a .mpy of that name is in the tree: both go in, as mpremote does
+        assert self.options.compile_py is not None
+        data = self.options.compile_py(node.path)
+        return _Node(mpy_name, node.path, size=len(data), data=data)
 
     def _node(self, path: Path, name: str) -> _Node | None:
         try:
@@ -272,6 +293,8 @@ def _write(image: bytearray, root: list[_Node], options: BuildOptions, largest: 
 
 
 def _read(node: _Node) -> bytes:
+    if node.data is not None:
+        return node.data
     try:
         data = node.path.read_bytes()
     except OSError as exc:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ae3tools.board import Partition
 from ae3tools.findings import Severity, info
+from ae3tools.formats.ota_layout import image_ota_layout
 from ae3tools.formats.romfs.alignment import AlignmentRule, alignment_for
 from ae3tools.formats.romfs.records import OPENMV_HEADER_SIZE, OPENMV_RECORD_HEADER_SIZE
 from ae3tools.formats.romfs.runs import short_run_blobs
@@ -82,7 +83,11 @@ def check_conventions(walk: Walk, partition: Partition | None) -> None:
         # romfs §6: upstream's convention; OpenMV's builders never pad, so a note.
         walk.log.add(info("ROMFS_ODD_SIZE", f"FILESYSTEM record is {total} bytes, not even"))
     slack = len(walk.buf) - total
-    if slack:
+    layout = image_ota_layout(walk.buf, partition.size if partition else len(walk.buf))
+    if slack and layout is not None:  # the slack is slot B and the trailers: not ignored
+        walk.ota_layout = layout
+        walk.log.add(info("ROMFS_OTA_LAYOUT", f"{layout.describe()}; listed: slot A's ROMFS"))
+    elif slack:
         where = f" of {partition.size} in {partition.name}" if partition else ""
         walk.log.add(
             info("ROMFS_SLACK", f"{slack} bytes after the FILESYSTEM record{where} are ignored")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ae3tools.findings import Finding, errors_in
+from ae3tools.formats.ota_layout import OtaLayout
 from ae3tools.formats.romfs.alignment import MAX_SHOWN_ALIGNMENT
 from ae3tools.formats.romfs.names import (
     PATH_SIDE_CHARS,
@@ -171,6 +172,7 @@ class RomfsImage:
     entries: tuple[RomfsEntry, ...]  # in image order, each directory before its children
     findings: tuple[Finding, ...]
     builder: str  # "mpremote-style", "openmv-style" or "other" (romfs §11)
+    ota_layout: OtaLayout | None = None  # openmv-ota's slots, when the image is laid out so
 
     @property
     def ok(self) -> bool:

@@ -77,9 +77,9 @@ def parse_romfs(
     check_pointers(walk)
     check_alignment(walk, alignment)
     check_conventions(walk, partition)
-    return RomfsImage(
-        len(buf), header, tuple(walk.entries), tuple(walk.log.result()), guess_builder(walk)
-    )
+    found = tuple(walk.log.result())
+    builder = guess_builder(walk)
+    return RomfsImage(len(buf), header, tuple(walk.entries), found, builder, walk.ota_layout)
 
 
 def _parse_header(buf: bytes) -> tuple[RomfsHeader | None, list[Finding]]:

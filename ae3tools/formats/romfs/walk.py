@@ -6,6 +6,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ae3tools.findings import FindingLog, Severity
+from ae3tools.formats.ota_layout import OtaLayout
 from ae3tools.formats.romfs import records
 from ae3tools.formats.romfs.model import RomfsEntry, RomfsHeader
 
@@ -50,6 +51,7 @@ class Walk:
     padded_records: int = 0
     file_header_sizes: set[int] = field(default_factory=set)  # romfs §9: OpenMV's are 8
     records: int = 0  # read one by one, against MAX_RECORDS
+    ota_layout: OtaLayout | None = None  # found in the slack by check_conventions
     stopped_at: int | None = None  # where the walk gave up at MAX_RECORDS
 
     def stop(self, pos: int, parent: RomfsEntry | None) -> None:
