@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ae3tools.findings import Ae3Error, UsageError
 
@@ -63,6 +64,8 @@ def remove_stale_temporaries(path: Path) -> None:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
+    if sys.platform == "win32":
+        return _alive_on_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,6 +73,24 @@ def _alive(pid: int) -> bool:
     except OSError:  # exists, but not ours to signal
         return True
     return True
+
+
+def _alive_on_windows(pid: int) -> bool:
+    """Whether a process exists, asked of Windows itself: os.kill(pid, 0) there sends
+    CTRL_C_EVENT (0) to the process group instead of probing."""
+    import ctypes
+
+    windll: Any = getattr(ctypes, "windll")  # noqa: B009 (Windows only; stubs lack it)
+    kernel32 = windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return bool(kernel32.GetLastError() == 5)  # ERROR_ACCESS_DENIED: it exists
+    try:
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def require_directory(path: Path) -> None:

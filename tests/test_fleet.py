@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ae3tools.board import Role
 from ae3tools.device.discovery import AttachedCamera, SerialCache
 from ae3tools.device.fleet import FlashJob, PlugTracker, Worker, cameras_for, flash_cameras
 from ae3tools.dfu.protocol import LATEST_BOOTLOADER
@@ -268,6 +269,121 @@ def test_station_count_stops_by_itself_and_logs_failures(tmp_path: Path, bundle:
     assert "0 of 2 cameras flashed and verified" in out and "2 failed" in out
 
 
+def _hp_started(camera: Path, images: list[BundleImage]) -> bool:
+    """The camera's first HP block holds the bundle's: its flash is under way."""
+    hp = next(i for i in images if i.role is Role.HP)
+    path = partition_image(camera, Role.HP)
+    return path.exists() and path.read_bytes()[:4096] == hp.data[:4096]
+
+
+def test_ctrl_c_lets_cameras_in_progress_finish_and_tells_the_truth(
+    tmp_path: Path, bundle: Path
+) -> None:
+    """SIGINT with two cameras in progress: both finish (and here fail, by an injected
+    write error after the interrupt), the summary counts them, the exit status says they
+    failed, and the log has a line for each. (Python 3.11's Thread.join, interrupted,
+    left the station's thread marked finished: it reported 0 of 0 and exit 0.)"""
+    a, b = tmp_path / "a", tmp_path / "b"
+    log = tmp_path / "line.jsonl"
+    images = read_bundle(bundle)
+    faults = "slow:alt=HP:block=1:seconds=2,status:alt=HE:block=0:status=errWRITE"
+    station = _station(bundle, log, *virtual(a, b), "--fault", faults)
+    try:
+        assert eventually(lambda: _hp_started(a, images) and _hp_started(b, images))
+        station.send_signal(signal.SIGINT)
+        out, err = station.communicate(timeout=60)
+    finally:
+        station.kill()
+    assert station.returncode == 1, err
+    assert "waiting for the 2 cameras in progress" in err
+    assert "0 of 2 cameras flashed and verified" in out and "2 failed" in out
+    records = _lines(log)
+    assert len(records) == 2 and all("errWRITE" in str(r["error"]) for r in records)
+
+
+def test_a_second_ctrl_c_gives_up_on_cameras_in_progress(tmp_path: Path, bundle: Path) -> None:
+    """A second SIGINT does not wait: each camera in progress is reported failed, in the
+    summary and the log, and the station exits 130 at once."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    log = tmp_path / "line.jsonl"
+    images = read_bundle(bundle)
+    station = _station(bundle, log, *virtual(a, b), "--fault", "slow:alt=HP:block=1:seconds=30")
+    try:
+        assert eventually(lambda: _hp_started(a, images) and _hp_started(b, images))
+        station.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        station.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = station.communicate(timeout=20)
+    finally:
+        station.kill()
+    assert time.monotonic() - started < 10  # not the 30 s the slow blocks take
+    assert station.returncode == 130, err
+    assert "0 of 2 cameras flashed" in out and "2 failed" in out
+    records = _lines(log)
+    assert len(records) == 2
+    assert all("interrupted while it was being flashed" in str(r["error"]) for r in records)
+
+
+def test_a_camera_lost_mid_step_fails_alone(tmp_path: Path, bundle: Path, monkeypatch) -> None:
+    """A camera whose port fails under pyserial (as one unplugged while it is identified
+    does: "device reports readiness to read but returned no data") is a failed result;
+    the other cameras are flashed. (pyserial's SerialException escaped and ended the
+    station.)"""
+    import serial
+
+    from ae3tools.device import fleet
+
+    real_open = fleet.open_session
+    calls: list[object] = []
+
+    def open_session(backend, ports, selector, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(selector)
+        if len(calls) == 1:  # the first camera reached is lost
+            raise serial.SerialException(
+                "device reports readiness to read but returned no data (device disconnected "
+                "or multiple access on port?)"
+            )
+        return real_open(backend, ports, selector, **kwargs)
+
+    monkeypatch.setattr(fleet, "open_session", open_session)
+    cameras = [
+        VirtualCamera(
+            DeviceMemory(tmp_path / name), FIRMWARES["app"], LATEST_BOOTLOADER,
+            timing=Timing.zero(), serial=virtual_serial(tmp_path / name), port=port,
+        )
+        for port, name in enumerate(("lost", "kept"), 1)
+    ]  # fmt: skip
+    backend = VirtualBackend(cameras)
+    try:
+        ports = lambda: virtual_ports(backend)  # noqa: E731
+        results = flash_cameras(
+            Worker(backend, ports, FlashJob(tuple(read_bundle(bundle)))),
+            cameras_for(backend, ports),
+        )
+    finally:
+        backend.shutdown()
+    failed = [r for r in results if not r.ok]
+    assert len(results) == 2 and len(failed) == 1
+    assert "lost the camera: device reports readiness" in str(failed[0].error)
+
+
+def test_station_log_refuses_what_is_not_a_file(cli, tmp_path: Path, bundle: Path) -> None:
+    """A FIFO would block with no reader, a tty refuses fsync, /dev/full loses every line:
+    the log of a production run is a regular file. Nor is it the --key file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/full")):
+        result = cli("flash", bundle, "--station", "--log", target, *virtual(tmp_path / "a"),
+                     *ZERO)  # fmt: skip
+        assert result.code == 2 and "not a regular file" in result.err, target
+    key = tmp_path / "key.pem"
+    key.write_bytes(b"not really a key")
+    result = cli("flash", bundle, "--all", "--log", key, "--key", key, *virtual(tmp_path / "a"),
+                 *ZERO)  # fmt: skip
+    assert result.code == 2 and key.read_bytes() == b"not really a key"
+
+
 def test_station_log_must_be_writable(cli, tmp_path: Path, bundle: Path) -> None:
     result = cli("flash", bundle, "--station", "--log", tmp_path / "no" / "log.jsonl",
                  *virtual(tmp_path / "a"), *ZERO)  # fmt: skip
@@ -367,7 +483,7 @@ def test_many_camera_options_that_contradict_are_usage_errors(
     for args, says in (
         (("--all", "--station"), "give one"),
         (("--count", "2"), "--count goes with --station"),
-        (("--station", "--log", tmp_path), "is a directory"),
+        (("--station", "--log", tmp_path), "not a regular file"),
     ):
         result = cli("flash", bundle, *args, *cam, *ZERO, "--json")
         assert result.code == 2 and says in json.loads(result.out)["error"], args

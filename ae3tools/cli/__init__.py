@@ -18,11 +18,8 @@ from ae3tools.cli import artifacts as _artifacts  # noqa: F401  (registers comma
 from ae3tools.cli import device as _device  # noqa: F401
 from ae3tools.cli import release as _release  # noqa: F401
 from ae3tools.cli import virtual as _virtual  # noqa: F401
-from ae3tools.cli.common import app, emit_json, err
+from ae3tools.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, app, emit_json, err
 from ae3tools.findings import Ae3Error
-
-EXIT_INTERRUPTED = 130
-EXIT_INTERNAL = 3
 
 
 def _fail(

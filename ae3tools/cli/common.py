@@ -16,6 +16,10 @@ from rich.text import Text
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity, UsageError
 
+# Exit statuses besides 0, 1 (a failed check) and 2 (a usage error).
+EXIT_INTERNAL = 3  # a bug: said in one line, with AE3TOOLS_DEBUG=1 for the traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
+
 # C0 and C1 control characters other than newline and tab: never sent to a terminal. And
 # the lone surrogates that stand for a file name's undecodable bytes (PEP 383), which no
 # terminal encoding takes: both shown as \xNN, the byte they are.

@@ -263,7 +263,7 @@ def flash(
         )
         flash_many(
             bundle, images, job, target, every=every, station=station, count=count, log=log,
-            as_json=as_json, json_progress=json_progress,
+            key=key, as_json=as_json, json_progress=json_progress,
         )  # fmt: skip
         return
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ae3tools.board import BOOTLOADER_PID, USB_VID
-from ae3tools.cli.common import emit_json, err, out, styled
+from ae3tools.cli.common import EXIT_INTERRUPTED, emit_json, err, out, plural, styled
 from ae3tools.cli.target import Target, shut
 from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
@@ -153,16 +153,20 @@ class RunLog:
     """`--log FILE`: one JSON line per camera, appended and flushed as each finishes."""
 
     def __init__(self, path: Path, fields: dict[str, Any]) -> None:
-        if path.is_dir():
-            raise UsageError(f"--log {path}: is a directory")
+        if path.exists() and not path.is_file():
+            # A FIFO blocks with no reader, a tty refuses fsync, /dev/full loses every line:
+            # a record of a production run is a file.
+            raise UsageError(f"--log {path}: not a regular file")
         if not path.parent.is_dir():
             raise UsageError(f"--log {path}: the directory {path.parent} does not exist")
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UsageError(f"--log {path}: {exc.strerror}") from None
         self.path, self.fields = path, fields
         self.lock = threading.Lock()
+        self.lost = 0  # records that could not be written
+        self.error: str | None = None  # why the first of them was not
 
     def write(self, result: CameraResult) -> None:
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -174,11 +178,20 @@ class RunLog:
         }
         line = (json.dumps(record) + "\n").encode()
         with self.lock:
-            os.write(self.fd, line)  # one write per line: O_APPEND keeps lines whole
-            os.fsync(self.fd)
+            try:
+                if self.fd is None:
+                    raise OSError("the log was closed before this camera finished")
+                os.write(self.fd, line)  # one write per line: O_APPEND keeps lines whole
+                os.fsync(self.fd)
+            except OSError as exc:  # a full disk must not stop the station: said at the end
+                self.lost += 1
+                self.error = self.error or (exc.strerror or str(exc))
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
 
 def results_table(results: Sequence[CameraResult]) -> Any:
@@ -238,6 +251,7 @@ def flash_many(
     station: bool,
     count: int | None,
     log: Path | None,
+    key: Path | None,
     as_json: bool,
     json_progress: bool,
 ) -> None:
@@ -251,11 +265,12 @@ def flash_many(
         "firmware": firmware_versions(images),
     }
     if log is not None:
-        refuse_output_over_input(log, [bundle, *target.virtual])
+        refuse_output_over_input(log, [bundle, key, *target.virtual])
     run_log = RunLog(log, bundle_fields) if log is not None else None
     events = EventStream() if json_progress else None
     started = time.monotonic()
     backend = None
+    abandoned = False
     try:
         backend = target.backend()
         ports = target.ports(backend)
@@ -263,23 +278,25 @@ def flash_many(
             shown = Presenter(rows, events, run_log)
             worker = Worker(backend, ports, job, shown.observer_for, shown.on_result)
             if station:
-                results = _run_station(
+                results, abandoned = _run_station(
                     Station(worker, selectors, on_start=shown.on_start), count, shown
                 )
             else:
                 results = _run_once(worker, target, selectors, every, shown)
     finally:
-        if backend is not None:
+        if backend is not None and not abandoned:  # given-up workers may still use it
             shut(backend)
         if run_log is not None:
             run_log.close()
+    lost = run_log.lost if run_log is not None else 0
     report = {
         **bundle_fields,
-        "ok": all(r.ok for r in results),
+        "ok": all(r.ok for r in results) and not lost,
         "cameras": [r.as_dict() for r in results],
         "flashed": sum(r.ok for r in results),
         "failed": sum(not r.ok for r in results),
         "seconds": round(time.monotonic() - started, 3),
+        **({"log_lost": lost, "log_error": run_log.error} if run_log and lost else {}),
     }
     if events is not None:
         events.emit("report", **report)
@@ -291,8 +308,21 @@ def flash_many(
         failed = f"; {report['failed']} failed" if report["failed"] else ""
         how = "flashed and verified" if all(r.verified for r in results if r.ok) else "flashed"
         out.print(
-            f"{report['flashed']} of {len(results)} cameras {how} in {report['seconds']} s{failed}"
+            f"{report['flashed']} of {plural(len(results), 'camera')} {how} in "
+            f"{report['seconds']} s{failed}"
         )
+        if lost and run_log is not None:
+            err.print(
+                f"--log {run_log.path}: {plural(lost, 'record')} could not be written "
+                f"({run_log.error})",
+                soft_wrap=True,
+            )
+    if abandoned:
+        # The workers given up on cannot be stopped, and the interpreter would wait for
+        # them at exit: the summary and the log are out, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -334,14 +364,17 @@ def _run_once(
     return flash_cameras(worker, cameras)
 
 
-def _run_station(station: Station, count: int | None, shown: Presenter) -> list[CameraResult]:
-    """Run the station until Ctrl-C (or `count` cameras); a first Ctrl-C lets the cameras
-    in progress finish, a second abandons them."""
+def _run_station(
+    station: Station, count: int | None, shown: Presenter
+) -> tuple[list[CameraResult], bool]:
+    """Run the station until Ctrl-C or SIGTERM (or `count` cameras); a first Ctrl-C lets
+    the cameras in progress finish, a second gives up on them (each reported failed).
+    Returns the results, and whether any camera was given up on."""
     shown.say(
         "station: flashing each AE3 as it is plugged in (a camera is flashed again only after "
         "it is re-plugged); Ctrl-C to stop"
     )
-    stop = threading.Event()
+    stop, done = threading.Event(), threading.Event()
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -349,25 +382,43 @@ def _run_station(station: Station, count: int | None, shown: Presenter) -> list[
             station.run(stop, count)
         except BaseException as exc:  # handed to the main thread, which reports it
             failure.append(exc)
+        finally:
+            done.set()
 
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    threading.Thread(target=run, daemon=True).start()
     # A line controller stops the station with SIGTERM: the same orderly stop as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while runner.is_alive():
-            runner.join(0.2)
+        # Waiting on an event, not Thread.join: a KeyboardInterrupt inside join(timeout)
+        # leaves the thread marked finished (Python 3.11), and the next join returns at once.
+        _wait_interruptibly(done)
     except KeyboardInterrupt:
         stop.set()
-        if station.in_progress:
-            shown.say(f"stopping: waiting for the {station.in_progress} cameras in progress")
-        runner.join()
+        busy = station.in_progress
+        if busy:
+            shown.say(
+                f"stopping: waiting for the {plural(busy, 'camera')} in progress "
+                "(Ctrl-C again to give up on them)"
+            )
+        try:
+            _wait_interruptibly(done)
+        except KeyboardInterrupt:
+            given_up = station.abandon("interrupted")
+            for result in given_up:
+                shown.on_result(result)
+            return list(station.results), bool(given_up)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failure:
         raise failure[0]
-    shown.say(f"station stopped after {len(station.results)} cameras")
-    return station.results
+    results = list(station.results)
+    shown.say(f"station stopped after {plural(len(results), 'camera')}")
+    return results, False
+
+
+def _wait_interruptibly(event: threading.Event) -> None:
+    while not event.wait(0.2):
+        pass
 
 
 def _interrupt(signum: int, frame: object) -> None:

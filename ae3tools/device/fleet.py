@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,8 +137,8 @@ def flash_camera(
     job: FlashJob,
     observer: FlashObserver | None = None,
 ) -> CameraResult:
-    """Reach `camera`, flash it (see `flash_images`) and reset it; never raises a
-    DeviceError: a failure is the result."""
+    """Reach `camera`, flash it (see `flash_images`) and reset it; never raises (but for
+    an interrupt): a failure, of any kind, is the result."""
     started = time.monotonic()
     roles = tuple(image.role for image in job.images)
     reached: dict[str, Any] = {}
@@ -189,6 +189,12 @@ def flash_camera(
         return failed(exc, exc.completed, exc.remaining)
     except DeviceError as exc:
         return failed(exc, (), roles)
+    except OSError as exc:  # the port or device went mid-step (pyserial's errors are OSErrors)
+        return failed(
+            DeviceError(f"lost the camera: {exc.strerror or exc}", vanished=True), (), roles
+        )
+    except Exception as exc:  # one camera's failure never stops the others
+        return failed(DeviceError(f"internal error: {type(exc).__name__}: {exc}"), (), roles)
     return CameraResult(
         camera, True, time.monotonic() - started, tuple(results), after=after, **reached
     )
@@ -220,6 +226,19 @@ class Worker:
         result = flash_camera(self.backend, self.ports, camera, self.job, self.observer_for(camera))
         self.on_result(result)
         return result
+
+
+def abandoned(camera: AttachedCamera, job: FlashJob, why: str) -> CameraResult:
+    """The result of a camera given up on while it was being flashed."""
+    return CameraResult(
+        camera,
+        False,
+        0.0,
+        (),
+        error=f"{why} while it was being flashed: its images are in an unknown state",
+        hint="Flash it again.",
+        remaining=tuple(image.role for image in job.images),
+    )
 
 
 def flash_cameras(worker: Worker, cameras: Sequence[AttachedCamera]) -> list[CameraResult]:
@@ -295,7 +314,8 @@ class Station:
     results: list[CameraResult] = field(default_factory=list)
     plugs: PlugTracker = field(default_factory=PlugTracker)
     serials: SerialCache = field(default_factory=SerialCache)
-    _busy: dict[str, Future[CameraResult]] = field(default_factory=dict)
+    _busy: dict[str, tuple[AttachedCamera, Future[CameraResult]]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # results and _busy
 
     @property
     def in_progress(self) -> int:
@@ -315,19 +335,38 @@ class Station:
                     started += 1
                     if self.on_start is not None:
                         self.on_start(camera)
-                    self._busy[camera.handle] = pool.submit(self.worker, camera)
+                    with self._lock:
+                        self._busy[camera.handle] = (camera, pool.submit(self.worker, camera))
                 stop.wait(self.poll)
-            for future in list(self._busy.values()):
-                future.result()
+            for _, future in list(self._busy.values()):
+                wait([future])
             self._harvest()
         return self.results
 
     def _harvest(self) -> None:
-        for handle, future in list(self._busy.items()):
-            if future.done():
-                del self._busy[handle]
-                self.results.append(future.result())
-                self.plugs.finished(handle)
+        with self._lock:
+            for handle, (camera, future) in list(self._busy.items()):
+                if future.done():
+                    del self._busy[handle]
+                    error = future.exception()  # only from reporting: flash_camera never raises
+                    self.results.append(
+                        future.result()
+                        if error is None
+                        else abandoned(camera, self.worker.job, f"internal error ({error})")
+                    )
+                    self.plugs.finished(handle)
+
+    def abandon(self, why: str) -> list[CameraResult]:
+        """Give up on the cameras in progress (a second Ctrl-C): each becomes a failed
+        result saying so, and joins the results; their workers are not waited for."""
+        self._harvest()
+        with self._lock:
+            given_up = [
+                abandoned(camera, self.worker.job, why) for camera, _ in self._busy.values()
+            ]
+            self._busy.clear()
+            self.results.extend(given_up)
+        return given_up
 
 
 def wait_for_cameras(

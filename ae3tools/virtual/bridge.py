@@ -45,11 +45,11 @@ from ae3tools.virtual.camera import (  # noqa: E402
     BOOTLOADER_MODE,
     VIRTUAL_MODES,
     AppUsbDevice,
-    PtyPort,
     VirtualCamera,
 )
 from ae3tools.virtual.faults import Fault  # noqa: E402
 from ae3tools.virtual.memory import CameraInUse, DeviceMemory  # noqa: E402
+from ae3tools.virtual.pty_port import PtyPort  # noqa: E402
 from ae3tools.virtual.timing import Timing  # noqa: E402
 from ae3tools.virtual.usbfs import (  # noqa: E402
     BUS,

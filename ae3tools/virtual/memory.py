@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import mmap
 import os
-import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from ae3tools.board import (
     BOOT,
@@ -165,14 +166,14 @@ class DeviceMemory:
 
 
 def _lock_exclusive(fd: int) -> None:
-    """A non-blocking exclusive lock on an open file; OSError when another holds it."""
-    if sys.platform == "win32":
-        import msvcrt
-
+    """A non-blocking exclusive lock on an open file; OSError when another holds it. By
+    what the platform has: flock on POSIX, msvcrt's byte lock on Windows."""
+    try:
+        import fcntl
+    except ImportError:
+        msvcrt: Any = importlib.import_module("msvcrt")  # Windows; its stubs are Windows-only
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:
-        import fcntl
-
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
