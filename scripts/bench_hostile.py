@@ -1,4 +1,4 @@
-"""Time and peak memory of the ROMFS and Intel HEX readers on hostile inputs (issue 8).
+"""Time and peak memory of the ROMFS, Intel HEX and zip readers on hostile inputs.
 
 Each shape is built at the size of the largest partition (ROMFS0, 24 MiB, less a few
 bytes so that every shape fits it), then read in a fresh process by `romfs ls` (a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -136,6 +137,24 @@ def intel_hex(size: int) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+def member_flood(manifest: bool) -> Callable[[int], bytes]:
+    """A zip of `size` bytes of one-byte members (half a million at 24 MiB): an OpenMV
+    release zip, or with `manifest` a bundle whose members the manifest does not list."""
+
+    def make(size: int) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            if manifest:
+                archive.writestr("manifest.json", b"{}")
+            index = 0
+            while buffer.tell() * 9 // 4 < size:  # its central directory entry, written
+                archive.writestr(f"{index:x}", b"x")  # at the close, is as long again and more
+                index += 1
+        return buffer.getvalue()
+
+    return make
+
+
 def _hex_record(address: int, kind: int, payload: bytes) -> bytes:
     raw = bytes([len(payload)]) + address.to_bytes(2, "big") + bytes([kind]) + payload
     return b":" + (raw + bytes([-sum(raw) & 0xFF])).hex().upper().encode()
@@ -155,6 +174,8 @@ SHAPES: dict[str, tuple[Callable[[int], bytes], str]] = {
     "long name": (long_name, "img"),
     "100,000 files": (many_files, "img"),
     "Intel HEX ROMFS0": (intel_hex, "hex"),
+    "release zip, 1-byte members": (member_flood(manifest=False), "zip"),
+    "bundle, unlisted members": (member_flood(manifest=True), "zip"),
 }
 
 
@@ -234,6 +255,11 @@ def main() -> None:
                 bundle = path.with_name(CRAFTED)
                 if bundle.exists():
                     commands["verify"] = [AE3TOOLS, "verify", str(bundle)]
+            elif suffix == "zip":
+                commands = {
+                    "verify": [AE3TOOLS, "verify", str(path)],
+                    "flash --dry-run": [AE3TOOLS, "flash", "--dry-run", str(path)],
+                }
             else:
                 commands = {"inspect": [AE3TOOLS, "inspect", "--json", str(path)]}
             for label, command in commands.items():

@@ -125,6 +125,20 @@ def test_verify_and_bundle_from_a_release_zip(cli, tagged: Path, tmp_path: Path)
     assert set(images) == {Role.HP, Role.HE, Role.ROMFS1, Role.ROMFS0}
 
 
+def test_a_release_zip_is_never_the_bundle_it_makes(cli, tagged: Path, tmp_path: Path) -> None:
+    """`bundle --from rel.zip -o rel.zip --force` replaced the release (its bootloader and
+    other boards lost): an input is never an output, --force or not; nor is the key."""
+    before = tagged.read_bytes()
+    result = cli("bundle", "--from", tagged, "-o", tagged, "--force")
+    assert result.code == 2 and "also an input" in result.err
+    assert tagged.read_bytes() == before
+    key = tmp_path / "release.pem"
+    assert cli("keypair", "-o", key).code == 0
+    signed = key.read_bytes()
+    result = cli("bundle", "--from", tagged, "--sign", key, "-o", key, "--force")
+    assert result.code == 2 and key.read_bytes() == signed
+
+
 def test_inspect_a_release_zip(cli, flat: Path) -> None:
     result = cli("inspect", flat, "--json")
     assert result.code == 0, result.err
@@ -213,3 +227,60 @@ def test_hostile_release_zips_are_refused(cli, tmp_path: Path, case: str) -> Non
         assert result.code == 1 and words in result.err, (case, result.err)
     assert not camera.exists()
     assert not (tmp_path / "evil.bin").exists()
+
+
+def test_member_floods_are_refused_unread(cli, tmp_path: Path, monkeypatch) -> None:
+    """Half a million members cost zipfile 34 s and 359 MB before any check: the count in
+    the end record is read first (here the cap is lowered to keep the test small), and
+    what is under it is reported within the finding cap and the line cap."""
+    from ae3tools.findings import FINDINGS_PER_CODE
+    from ae3tools.release import archive
+
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 300)
+    flood = tmp_path / "firmware_OPENMV_AE3.zip"
+    with zipfile.ZipFile(flood, "w") as out:
+        for index in range(301):
+            out.writestr(f"m{index}", b"x")
+    for command in (("verify",), ("flash", "--dry-run")):
+        result = cli(*command, flood)
+        said = result.out + result.err
+        assert result.code == 1 and "301 members, more than the 300 ae3tools reads" in said
+
+    good = tmp_path / "good.zip"
+    assert cli("bundle", "--from", FIXTURES / "good", "-o", good).code == 0
+    unlisted = tmp_path / "unlisted.zip"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(unlisted, "w") as out:
+        for member in source.namelist():
+            out.writestr(member, source.read(member))
+        for index in range(250):
+            out.writestr(f"extra{index}", b"x")
+    report = json.loads(cli("verify", "--json", unlisted).out)
+    codes = [e["code"] for e in report["errors"]]
+    assert codes.count("BUNDLE_UNLISTED") <= FINDINGS_PER_CODE + 1  # the kept, and a count
+
+    release = tmp_path / "rel" / "firmware_OPENMV_AE3.zip"
+    release.parent.mkdir()
+    with zipfile.ZipFile(release, "w") as out:
+        for name in ("firmware_M55_HP.bin", "firmware_M55_HE.bin", "romfs0.img", "romfs1.img"):
+            out.write(FIXTURES / "good" / name, name)
+        for index in range(100):
+            out.writestr(f"notes{index}.txt", b"x")
+    text = cli("flash", "--dry-run", release).err
+    assert text.count("left alone:") == 20 and "and 80 members more left alone" in text
+
+
+def test_member_count_reads_zip64_end_records(tmp_path: Path) -> None:
+    """Past 65,535 members the count is in the zip64 end record."""
+    from ae3tools.release.archive import member_count
+
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w") as out:
+        for index in range(70_000):
+            out.writestr(f"{index:x}", b"")
+    assert member_count(big) == 70_000
+    small = tmp_path / "small.zip"
+    with zipfile.ZipFile(small, "w") as out:
+        out.writestr("a", b"x")
+    assert member_count(small) == 1
+    (tmp_path / "not.zip").write_bytes(b"no end record here")
+    assert member_count(tmp_path / "not.zip") is None

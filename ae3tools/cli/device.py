@@ -216,8 +216,9 @@ def flash(
             "makes a verified bundle)",
             soft_wrap=True,
         )
-        for member, why in release.left_alone:
-            err.print(f"  left alone: {member}: {why}", soft_wrap=True)
+        from ae3tools.cli.release import print_left_alone
+
+        print_left_alone(err, release)
     if dry_run:
         commands = dfu_util_commands(images, reset=reset)
         if as_json:

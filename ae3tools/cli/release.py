@@ -17,14 +17,19 @@ from ae3tools.cli.common import (
     emit_json,
     finding_rows,
     out,
+    plural,
     print_findings,
     printable,
     styled,
 )
+from ae3tools.fileio import refuse_output_over_input
 from ae3tools.findings import Severity, errors_in
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ae3tools.release.bundle import BundleReport
+    from ae3tools.release.openmv_zip import ReleaseZip
     from ae3tools.release.signing import TrustedKey
 
 
@@ -195,6 +200,9 @@ def bundle(
     from ae3tools.release.openmv_zip import inputs_from
     from ae3tools.release.signing import load_private_key
 
+    # Every input, a zip that images are taken from and the signing key included, with or
+    # without --force: the bundle's own inputs never hold which files those are.
+    refuse_output_over_input(output, [from_dir, sign_with, hp, he, romfs1, romfs0])
     signing_key = load_private_key(sign_with) if sign_with is not None else None
     inputs = merge_inputs(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0},
@@ -239,6 +247,19 @@ def verify(
         raise typer.Exit(1)
 
 
+# Members of a release zip named one by one in text output; --json lists them all.
+LEFT_ALONE_SHOWN = 20
+
+
+def print_left_alone(console: Console, release: ReleaseZip) -> None:
+    """What a release zip holds besides the AE3's images, a line each, the first few."""
+    for member, why in release.left_alone[:LEFT_ALONE_SHOWN]:
+        console.print(f"  left alone: {member}: {why}", soft_wrap=True)
+    more = len(release.left_alone) - LEFT_ALONE_SHOWN
+    if more > 0:
+        console.print(f"  and {plural(more, 'member')} more left alone (--json lists all)")
+
+
 def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
     """`verify` of an OpenMV release zip: its AE3 images checked for their roles, what is
     left alone, and what cannot be verified (no manifest, hashes or signature)."""
@@ -273,8 +294,7 @@ def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
             out.print(f"  {role.name:<7} {artifact.source}  {len(artifact.data)} bytes  ", end="")
             out.print(STATUS_TEXT["warning" if artifact.findings and status == "ok" else status])
             print_findings(artifact.findings, "    ")
-        for member, why in release.left_alone:
-            out.print(f"  left alone: {member}: {why}", soft_wrap=True)
+        print_left_alone(out, release)
         out.print(
             f"{path}: images checked for their roles; provenance unknown (an OpenMV release "
             f"zip has no manifest, hashes or signature). For a verified bundle: "

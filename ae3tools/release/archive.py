@@ -12,7 +12,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 # What reading a damaged zip can raise, from zipfile and the layers under it.
 ZIP_ERRORS = (
@@ -31,6 +31,52 @@ ZIP_ERRORS = (
 
 class ArchiveRefused(Exception):
     """The archive cannot be trusted at all (the message says why)."""
+
+
+# A bundle holds a handful of members and an OpenMV release zip a few hundred (every
+# board's files). A crafted 24 MiB zip holds half a million, and zipfile builds an
+# object for each before anything can be checked (34 s and 359 MB): the count in the end
+# record is read first, and an archive past this is refused unread.
+MAX_MEMBERS = 10_000
+_END = struct.Struct("<4s4xHH")  # end of central directory: signature, entries, total
+_END_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4s4xQ4x")  # signature, offset of the zip64 end record
+_ZIP64_END = struct.Struct("<4s28xQ")  # signature, total entries (at +32)
+
+
+def member_count(path: Path) -> int | None:
+    """How many members the archive's end record declares; None when it has none (not
+    a zip: zipfile says so)."""
+    with path.open("rb") as stream:
+        size = stream.seek(0, 2)
+        tail_start = max(0, size - (65535 + 22))  # the end record and its longest comment
+        stream.seek(tail_start)
+        tail = stream.read()
+        at = tail.rfind(_END_SIGNATURE)
+        if at < 0 or at + _END.size > len(tail):
+            return None
+        _, _, total = _END.unpack_from(tail, at)
+        if total != 0xFFFF or at < _ZIP64_LOCATOR.size:
+            return int(total)
+        signature, offset = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+        if signature != b"PK\x06\x07":
+            return int(total)
+        stream.seek(offset)
+        record = stream.read(_ZIP64_END.size)
+        if len(record) < _ZIP64_END.size or record[:4] != b"PK\x06\x06":
+            return None
+        return int(_ZIP64_END.unpack(record)[1])
+
+
+def open_archive(path: Path) -> zipfile.ZipFile:
+    """An untrusted zip, opened only once its member count is known to be bounded.
+    Raises ArchiveRefused, or what zipfile raises for a file that is not a zip."""
+    count = member_count(path)
+    if count is not None and count > MAX_MEMBERS:
+        raise ArchiveRefused(
+            f"{count} members, more than the {MAX_MEMBERS} ae3tools reads in one archive"
+        )
+    return zipfile.ZipFile(path)
 
 
 def safe_name(name: str, depth: int = 1) -> bool:

@@ -36,6 +36,7 @@ from ae3tools.fileio import refuse_output_over_input, require_directory, write_a
 from ae3tools.findings import (
     Ae3Error,
     Finding,
+    FindingLog,
     Severity,
     UsageError,
     error,
@@ -48,6 +49,7 @@ from ae3tools.formats.firmware import FirmwareIdentity, build_mismatch, identiti
 from ae3tools.release.archive import (
     ZIP_ERRORS,
     ArchiveRefused,
+    open_archive,
     read_member,
     safe_members,
     safe_name,
@@ -362,7 +364,7 @@ def open_bundle(path: Path, trusted: TrustedKey | None = None) -> BundleReport:
     if not path.is_file():
         raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_archive(path) as archive:
             report = _check_archive(str(path), archive)
         if trusted is not None:
             extra = signer_findings(report.signature, trusted)
@@ -398,7 +400,10 @@ def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:
     manifest = parse_manifest(raw_manifest)
     listed = {entry.file for entry in manifest.images}
     unlisted = sorted(seen - listed - {MANIFEST_NAME, SIGNATURE_NAME})
-    findings = [error("BUNDLE_UNLISTED", f"member {n!r} is not in the manifest") for n in unlisted]
+    log = FindingLog()  # capped: a crafted bundle lists thousands
+    for name in unlisted:
+        log.report("BUNDLE_UNLISTED", Severity.ERROR, f"member {name!r} is not in the manifest", "")
+    findings = log.result()
     signature = None
     if SIGNATURE_NAME in seen:
         raw = read_member(archive, archive.getinfo(SIGNATURE_NAME), MAX_SIGNATURE_SIZE)

@@ -19,7 +19,13 @@ from typing import Any
 from ae3tools.board import BOARD_NAME, FLASH_ORDER, Role, partition_for_role
 from ae3tools.findings import Ae3Error, UsageError
 from ae3tools.formats.artifact import Artifact, examine
-from ae3tools.release.archive import ZIP_ERRORS, ArchiveRefused, read_member, safe_members
+from ae3tools.release.archive import (
+    ZIP_ERRORS,
+    ArchiveRefused,
+    open_archive,
+    read_member,
+    safe_members,
+)
 from ae3tools.release.bundle import (
     MANIFEST_NAME,
     BundleImage,
@@ -79,9 +85,9 @@ class ReleaseZip:
 def is_release_zip(path: Path) -> bool:
     """A zip without a bundle manifest at its top (so: not an ae3tools bundle)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_archive(path) as archive:
             return MANIFEST_NAME not in archive.namelist()
-    except ZIP_ERRORS:
+    except (*ZIP_ERRORS, ArchiveRefused):  # the bundle reader then says why
         return False
 
 
@@ -104,7 +110,7 @@ def read_release(path: Path) -> ReleaseZip:
     if not path.is_file():
         raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with open_archive(path) as archive:
             return _read(path, archive)
     except ArchiveRefused as exc:
         raise Ae3Error(f"{path}: {exc}") from None
