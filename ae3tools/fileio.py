@@ -14,12 +14,16 @@ from typing import Any, BinaryIO
 from ae3tools.findings import Ae3Error, UsageError
 
 
-def read_input(path: Path, *, limit: int | None = None) -> bytes:
+def read_input(path: Path, *, limit: int | None = None, regular: bool = False) -> bytes:
     """Read a whole input file, refusing directories, missing files and huge files.
 
     `limit` caps how much is read: a file longer than that is refused without
-    reading more than limit + 1 bytes.
+    reading more than limit + 1 bytes. A pipe (`<(cat fw.bin)`) is read once, like a
+    file; `regular` refuses it and devices instead (a key: a FIFO with no writer would
+    block forever, /dev/zero is no key).
     """
+    if regular:
+        require_regular_file(path)
     try:
         with path.open("rb") as stream:
             data = stream.read() if limit is None else stream.read(limit + 1)
@@ -93,6 +97,15 @@ def _alive_on_windows(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
+def require_regular_file(path: Path) -> None:
+    """An input that must be a regular file (a usage error otherwise), checked without
+    opening it: opening a FIFO waits for a writer."""
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file")
+
+
 def require_directory(path: Path) -> None:
     """An input directory must exist and be one (a usage error otherwise)."""
     if not path.is_dir():
@@ -122,6 +135,8 @@ def check_output(path: Path, *, force: bool = False) -> Path:
     directory to go in: checked before any work, so a long read is not wasted."""
     if path.is_dir():
         raise UsageError(f"{path}: is a directory")
+    if path.exists() and not path.is_file():  # a device node or a FIFO: never replaced
+        raise UsageError(f"{path}: not a regular file; ae3tools writes only files")
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists (use --force to overwrite)")
     directory = path.parent if str(path.parent) else Path(".")
@@ -152,13 +167,30 @@ def atomic_output(path: Path, *, force: bool = False, mode: int = 0o644) -> Iter
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        _publish(tmp_name, path, force=force)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         if isinstance(exc, OSError):
             raise Ae3Error(f"{path}: cannot write: {exc.strerror or exc}") from None
         raise
+
+
+def _publish(tmp_name: str, path: Path, *, force: bool) -> None:
+    """Move the finished temporary file to `path`. Without `force`, by a hard link, which
+    fails if `path` appeared meanwhile (two runs writing one output: the second is told,
+    not silently overwritten); where links are not had (FAT), by the earlier check."""
+    if not force:
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            raise UsageError(f"{path}: already exists (use --force to overwrite)") from None
+        except OSError:
+            pass  # no hard links on this file system: fall through to the rename
+        else:
+            os.unlink(tmp_name)
+            return
+    os.replace(tmp_name, path)
 
 
 def write_atomic(path: Path, data: bytes, *, force: bool = False, mode: int = 0o644) -> None:

@@ -487,3 +487,15 @@ def test_many_camera_options_that_contradict_are_usage_errors(
     ):
         result = cli("flash", bundle, *args, *cam, *ZERO, "--json")
         assert result.code == 2 and says in json.loads(result.out)["error"], args
+
+
+def test_json_progress_ends_an_error_with_a_one_line_report(
+    cli, tmp_path: Path, bundle: Path
+) -> None:
+    """The stream stays one JSON object per line, errors included: a failure is its last
+    event, a report (it was a six-line object, and no report followed)."""
+    result = cli("flash", bundle, "--json-progress", *virtual(tmp_path / "no" / "cam"), *ZERO)
+    assert result.code == 2
+    (line,) = result.out.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "report" and event["ok"] is False and event["exit_code"] == 2

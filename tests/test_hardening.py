@@ -742,3 +742,109 @@ def test_intel_hex_checksum_is_checked() -> None:
     line[-3:-1] = b"00"
     with pytest.raises(Ae3Error, match="checksum"):
         parse_hex(bytes(line))
+
+
+# ------------------------------------------------------------------ bundles, red team
+
+
+def _rewritten(source: Path, target: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    """`source` copied member by member, `change(name, data)` giving the new data (or
+    None to drop the member)."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            data = change(name, old.read(name))
+            if data is not None:
+                new.writestr(name, data)
+    return target
+
+
+def test_a_signed_bundle_without_its_manifest_is_refused(cli, tmp_path: Path) -> None:
+    """Delete manifest.json and alter HP: it was taken as a flat release zip and flashed;
+    a zip holding manifest.sig is a bundle, refused without its manifest."""
+    key = tmp_path / "release.pem"
+    assert cli("keypair", "-o", key).code == 0
+    signed = tmp_path / "signed.zip"
+    assert cli("bundle", "--from", GOOD, "--sign", key, "-o", signed).code == 0
+    gutted = _rewritten(
+        signed, tmp_path / "gutted.zip",
+        lambda name, data: None if name == "manifest.json"
+        else data[:-1] + b"\x00" if name == "firmware_M55_HP.bin" else data,
+    )  # fmt: skip
+    for command in (("verify",), ("flash", "--dry-run")):
+        result = cli(*command, gutted)
+        assert result.code == 1 and "no manifest.json" in result.out + result.err, command
+
+
+def test_an_upper_case_sha256_is_named_as_such(cli, tmp_path: Path, good_bundle_path) -> None:
+    def shout(name: str, data: bytes) -> bytes:
+        if name != "manifest.json":
+            return data
+        manifest = json.loads(data)
+        manifest["images"][0]["sha256"] = manifest["images"][0]["sha256"].upper()
+        return json.dumps(manifest).encode()
+
+    upper = _rewritten(good_bundle_path, tmp_path / "upper.zip", shout)
+    result = cli("verify", upper)
+    assert result.code == 1 and "is in upper case; a bundle holds it in lower case" in result.out
+
+
+def test_a_member_name_with_a_nul_byte_is_refused(cli, tmp_path: Path, good_bundle_path) -> None:
+    """zipfile cuts a name at its NUL: 'romfs0.img\\0evil' read as romfs0.img verified."""
+    nul = tmp_path / "nul.zip"
+    with zipfile.ZipFile(good_bundle_path) as source, zipfile.ZipFile(nul, "w") as out:
+        for name in source.namelist():
+            out.writestr(name.replace("romfs0.img", "romfs0.imgXevil"), source.read(name))
+    nul.write_bytes(nul.read_bytes().replace(b"romfs0.imgXevil", b"romfs0.img\x00evil"))
+    result = cli("verify", nul)
+    assert result.code == 1 and "unsafe member name" in result.out + result.err
+
+
+def test_inputs_that_are_not_regular_files(cli, tmp_path: Path, good_bundle_path) -> None:
+    """A pipe is read once and whole (the format sniff took its first bytes, and the image
+    was 'unrecognised'); a FIFO as a bundle or a key, or a device as a key, is refused at
+    once (it waited for a writer forever, or read /dev/zero as a key)."""
+    firmware = GOOD / "firmware_M55_HP.bin"
+    shell = f"{sys.executable} -m ae3tools inspect --json <(cat {firmware})"
+    piped = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT, check=False)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    (row,) = json.loads(piped.stdout)["files"]
+    assert row["kind"] == "firmware" and row["size"] == firmware.stat().st_size
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (("verify", fifo), ("flash", "--dry-run", fifo),
+                 ("verify", good_bundle_path, "--key", fifo),
+                 ("verify", good_bundle_path, "--key", "/dev/zero")):  # fmt: skip
+        result = cli(*args)
+        assert result.code == 2 and "not a regular file" in result.err + result.out, args
+
+
+def test_outputs_are_published_safely(cli, tmp_path: Path, monkeypatch) -> None:
+    """Two writers of one output: the second, finding it there when it publishes, is told
+    (both said 'wrote'); a device node is never replaced, --force or not; a dump never
+    lands in the virtual camera's own memory."""
+    from ae3tools import fileio
+
+    target = tmp_path / "same.img"
+    real_publish = fileio._publish
+
+    def racing(tmp_name: str, path: Path, *, force: bool) -> None:
+        path.write_bytes(b"the other run's")  # it finished first
+        real_publish(tmp_name, path, force=force)
+
+    monkeypatch.setattr(fileio, "_publish", racing)
+    with pytest.raises(fileio.UsageError, match="already exists"):
+        write_atomic(target, b"mine")
+    assert target.read_bytes() == b"the other run's"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+
+    result = cli("keygen", "-o", "/dev/null", "--force")
+    assert result.code == 2 and "not a regular file" in result.err
+    assert Path("/dev/null").is_char_device()
+    camera = tmp_path / "cam"
+    assert cli("devices", "--virtual", camera, "--virtual-timing", "zero").code == 0
+    memory = camera / "2-HE.bin"
+    result = cli("read", "he", "-o", memory, "--force", "--virtual", camera,
+                 "--virtual-timing", "zero")  # fmt: skip
+    assert result.code == 2 and "lies inside the input directory" in result.err

@@ -7,8 +7,10 @@ exit status.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,20 +23,21 @@ from ae3tools.cli import virtual as _virtual  # noqa: F401
 from ae3tools.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, app, emit_json, err
 from ae3tools.findings import Ae3Error
 
+# Set by main: --json-progress streams one JSON object per line, and an error ends the
+# stream as its last event, a report, on one line too.
+_streaming = False
+
 
 def _fail(
     message: str, code: int, *, hint: str = "", as_json: bool, details: dict[str, Any] | None
 ) -> None:
-    if as_json:
-        emit_json(
-            {
-                "ok": False,
-                "error": message,
-                "hint": hint or None,
-                "exit_code": code,
-                **(details or {}),
-            }
-        )
+    failure = {"ok": False, "error": message, "hint": hint or None, "exit_code": code}
+    if as_json and _streaming:
+        event = {"event": "report", "time": round(time.time(), 3), **failure, **(details or {})}
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+    elif as_json:
+        emit_json({**failure, **(details or {})})
     err.print(f"ae3tools: error: {message}", soft_wrap=True)
     if hint:
         err.print(hint, soft_wrap=True)
@@ -66,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     With --json, stdout carries exactly one JSON object, errors included.
     """
+    global _streaming
     args = list(argv) if argv is not None else sys.argv[1:]
-    as_json = "--json" in args or "--json-progress" in args
+    _streaming = "--json-progress" in args
+    as_json = "--json" in args or _streaming
     try:
         command = typer.main.get_command(app)
         _quiet_flags(command)

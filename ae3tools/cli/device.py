@@ -37,7 +37,7 @@ from ae3tools.cli.target import (
     shut,
 )
 from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
-from ae3tools.fileio import atomic_output, check_output, read_input
+from ae3tools.fileio import atomic_output, check_output, read_input, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
 from ae3tools.formats.key import make_key_file
 
@@ -425,6 +425,7 @@ def read(
     if not 0 < size <= partition.size:
         raise UsageError(f"--length {length}: {partition.name} holds 1 to {partition.size} bytes")
     check_output(output, force=force)
+    refuse_output_over_input(output, target.virtual)  # a virtual camera's memory is an input
     started = time.perf_counter()
     with (
         session_for(target, quiet=as_json) as session,

@@ -71,6 +71,8 @@ def member_count(path: Path) -> int | None:
 def open_archive(path: Path) -> zipfile.ZipFile:
     """An untrusted zip, opened only once its member count is known to be bounded.
     Raises ArchiveRefused, or what zipfile raises for a file that is not a zip."""
+    if not path.is_file():  # a zip is read by seeking; a FIFO would also block the open
+        raise ArchiveRefused("not a regular file")
     count = member_count(path)
     if count is not None and count > MAX_MEMBERS:
         raise ArchiveRefused(
@@ -104,7 +106,7 @@ def safe_members(archive: zipfile.ZipFile, *, depth: int) -> dict[str, zipfile.Z
     found: dict[str, zipfile.ZipInfo] = {}
     seen: set[str] = set()
     for info in archive.infolist():
-        name = info.filename
+        name = info.orig_filename  # as stored: zipfile's filename is cut at a NUL
         if not safe_name(name.rstrip("/") if depth > 1 else name, depth):
             raise ArchiveRefused(
                 f"unsafe member name {name!r} (paths, '..' and absolute names are refused)"

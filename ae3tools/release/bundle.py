@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Mapping
@@ -32,7 +33,12 @@ from ae3tools.board import (
     Role,
     partition_for_role,
 )
-from ae3tools.fileio import refuse_output_over_input, require_directory, write_atomic
+from ae3tools.fileio import (
+    refuse_output_over_input,
+    require_directory,
+    require_regular_file,
+    write_atomic,
+)
 from ae3tools.findings import (
     Ae3Error,
     Finding,
@@ -347,7 +353,10 @@ def _bad(message: str) -> NoReturn:
 
 
 def is_bundle(path: Path) -> bool:
-    """Whether a file is a zip archive (and so should be read as a bundle)."""
+    """Whether a file is a zip archive (and so should be read as a bundle). A pipe or a
+    device is not looked into: what this read would take, the real read would miss."""
+    if not path.is_file():
+        return False
     try:
         with path.open("rb") as stream:
             return stream.read(4) == b"PK\x03\x04"
@@ -361,8 +370,7 @@ def open_bundle(path: Path, trusted: TrustedKey | None = None) -> BundleReport:
     `trusted`: accept only a bundle signed by this key. Raises Ae3Error only when the
     file itself cannot be read.
     """
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    require_regular_file(path)
     try:
         with open_archive(path) as archive:
             report = _check_archive(str(path), archive)
@@ -487,6 +495,9 @@ def _schema_problem(data: Any) -> str | None:
         return None
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in found.absolute_path)
     message = found.message
+    upper = isinstance(found.instance, str) and found.validator == "pattern"
+    if upper and re.fullmatch(found.validator_value, str(found.instance).lower()):
+        message = f"{_shown(found.instance)} is in upper case; a bundle holds it in lower case"
     if len(message) > _MAX_SHOWN:
         message = message[:_MAX_SHOWN] + "..."
     return f"{where.lstrip('.') or 'top level'}: {message}"

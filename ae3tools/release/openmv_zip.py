@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ae3tools.board import BOARD_NAME, FLASH_ORDER, Role, partition_for_role
-from ae3tools.findings import Ae3Error, UsageError
+from ae3tools.fileio import require_regular_file
+from ae3tools.findings import Ae3Error
 from ae3tools.formats.artifact import Artifact, examine
 from ae3tools.release.archive import (
     ZIP_ERRORS,
@@ -35,7 +36,7 @@ from ae3tools.release.bundle import (
     inputs_from_directory,
     read_bundle,
 )
-from ae3tools.release.signing import TrustedKey
+from ae3tools.release.signing import SIGNATURE_NAME, TrustedKey
 
 # §1: folders of a tagged release that hold no board's firmware.
 WIFI_FOLDERS = frozenset({"CYW4343", "WINC1500"})
@@ -83,10 +84,11 @@ class ReleaseZip:
 
 
 def is_release_zip(path: Path) -> bool:
-    """A zip without a bundle manifest at its top (so: not an ae3tools bundle)."""
+    """A zip without a bundle's manifest or signature at its top (so: not an ae3tools
+    bundle; a bundle whose manifest was deleted is still a bundle, and refused as one)."""
     try:
         with open_archive(path) as archive:
-            return MANIFEST_NAME not in archive.namelist()
+            return not {MANIFEST_NAME, SIGNATURE_NAME} & set(archive.namelist())
     except (*ZIP_ERRORS, ArchiveRefused):  # the bundle reader then says why
         return False
 
@@ -107,8 +109,7 @@ def read_release(path: Path) -> ReleaseZip:
     UsageError for a missing file; Ae3Error for a zip that is hostile, for another
     board, or holds no AE3 image.
     """
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    require_regular_file(path)
     try:
         with open_archive(path) as archive:
             return _read(path, archive)

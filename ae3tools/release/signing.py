@@ -144,7 +144,7 @@ def sign(manifest: bytes, private_key: Any) -> Signature:
 
 
 def _pem(path: Path) -> bytes:
-    return read_input(path, limit=MAX_KEY_FILE_SIZE)
+    return read_input(path, limit=MAX_KEY_FILE_SIZE, regular=True)
 
 
 def load_private_key(path: Path) -> Any:
