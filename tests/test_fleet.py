@@ -307,7 +307,8 @@ def test_a_second_ctrl_c_gives_up_on_cameras_in_progress(tmp_path: Path, bundle:
     a, b = tmp_path / "a", tmp_path / "b"
     log = tmp_path / "line.jsonl"
     images = read_bundle(bundle)
-    station = _station(bundle, log, *virtual(a, b), "--fault", "slow:alt=HP:block=1:seconds=30")
+    station = _station(bundle, log, *virtual(a, b), "--fault", "slow:alt=HP:block=1:seconds=30",
+                       "--timeout", "60")  # the slow block must not time out first  # fmt: skip
     try:
         assert eventually(lambda: _hp_started(a, images) and _hp_started(b, images))
         station.send_signal(signal.SIGINT)
@@ -322,7 +323,9 @@ def test_a_second_ctrl_c_gives_up_on_cameras_in_progress(tmp_path: Path, bundle:
     assert "0 of 2 cameras flashed" in out and "2 failed" in out
     records = _lines(log)
     assert len(records) == 2
-    assert all("interrupted while it was being flashed" in str(r["error"]) for r in records)
+    assert all("interrupted while it was being flashed" in str(r["error"]) for r in records), [
+        r["error"] for r in records
+    ]
 
 
 def test_a_camera_lost_mid_step_fails_alone(tmp_path: Path, bundle: Path, monkeypatch) -> None:
@@ -499,3 +502,30 @@ def test_json_progress_ends_an_error_with_a_one_line_report(
     (line,) = result.out.splitlines()
     event = json.loads(line)
     assert event["event"] == "report" and event["ok"] is False and event["exit_code"] == 2
+
+
+def test_a_downgrade_is_refused_unless_allowed(cli, tmp_path: Path) -> None:
+    """A running v5.0.0 camera and a bundle whose HP says OpenMV v4.8.1: refused before
+    anything is written (one camera, and each camera of --all, the log saying why), and
+    flashed with --allow-downgrade."""
+    good = Path(__file__).resolve().parent.parent / "fixtures" / "good"
+    hp = bytearray((good / "firmware_M55_HP.bin").read_bytes())
+    banner = b"OpenMV v4.8.1; MicroPython v1.25.0; OpenMV-AE3 with AE302F80F55D5AE"
+    hp[0x400 : 0x400 + len(banner)] = banner
+    (tmp_path / "hp.bin").write_bytes(bytes(hp))
+    older = tmp_path / "older.zip"
+    images = ("--he", good / "firmware_M55_HE.bin", "--romfs1", good / "romfs1.img",
+              "--romfs0", good / "romfs0.img")  # fmt: skip
+    made = cli("bundle", "--hp", tmp_path / "hp.bin", *images, "-o", older)
+    assert made.code == 0, made.err
+    camera = tmp_path / "cam"
+    running = ("--virtual-mode", "app", *ZERO)
+    refused = cli("flash", older, *virtual(camera), *running)
+    assert refused.code == 1 and "older than the v5.0.0 the camera was running" in refused.err
+    assert "--allow-downgrade" in refused.err
+    assert not holds(camera, read_bundle(older)[:1])
+    log = tmp_path / "line.jsonl"
+    many = cli("flash", older, "--all", "--log", log, *virtual(tmp_path / "c2"), *running)
+    assert many.code == 1 and "refused" in str(_lines(log)[0]["error"])
+    assert cli("flash", older, "--allow-downgrade", *virtual(camera), *running).code == 0
+    assert holds(camera, read_bundle(older))

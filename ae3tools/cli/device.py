@@ -140,6 +140,12 @@ def flash(
         help="Write a plain ROMFS0 even over openmv-ota's A/B layout on the camera "
         "(refused otherwise: the camera would keep booting the old application).",
     ),
+    allow_downgrade: bool = typer.Option(
+        False,
+        "--allow-downgrade",
+        help="Flash a bundle whose HP firmware is older than the release the running camera "
+        "reports (refused otherwise).",
+    ),
     every: bool = typer.Option(
         False,
         "--all",
@@ -261,6 +267,7 @@ def flash(
             timeout_ms=target.timeout_ms,
             reboot_wait=target.reboot_wait,
             replace_ota_layout=replace_ota_layout,
+            allow_downgrade=allow_downgrade,
         )
         flash_many(
             bundle, images, job, target, every=every, station=station, count=count, log=log,
@@ -268,11 +275,14 @@ def flash(
         )  # fmt: skip
         return
 
+    from ae3tools.device.session import refuse_downgrade
     from ae3tools.dfu.flash import FlashFailed, flash_images
 
     started = time.perf_counter()
     try:
         with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
+            if not allow_downgrade:
+                refuse_downgrade(session, images)
             results = flash_images(
                 session.dfu,
                 images,

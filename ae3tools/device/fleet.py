@@ -29,7 +29,7 @@ from ae3tools.device.discovery import (
     selected,
 )
 from ae3tools.device.reach import BOOTLOADER_TIMEOUT, Rebooted
-from ae3tools.device.session import end_session, open_session
+from ae3tools.device.session import end_session, open_session, refuse_downgrade
 from ae3tools.dfu.builder import FlashObserver, ImageResult
 from ae3tools.dfu.flash import FlashFailed, flash_images
 from ae3tools.dfu.host import BootloaderInfo
@@ -70,6 +70,7 @@ class FlashJob:
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     reboot_wait: float = BOOTLOADER_TIMEOUT
     replace_ota_layout: bool = False
+    allow_downgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ def flash_camera(
             timeout_ms=job.timeout_ms,
         ) as session:
             reached.update(device=session.info, was_running=session.rebooted)
+            if not job.allow_downgrade:
+                refuse_downgrade(session, job.images)
             results = flash_images(
                 session.dfu,
                 job.images,

@@ -7,12 +7,12 @@ opened and checked to be an AE3's, and at the end DETACHed and reset.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ae3tools.board import APPLICATION_PID, USB_VID
+from ae3tools.board import APPLICATION_PID, USB_VID, Role
 from ae3tools.device.discovery import PortSource, Selector
 from ae3tools.device.reach import (
     APPLICATION_TIMEOUT,
@@ -24,6 +24,9 @@ from ae3tools.device.reach import (
 )
 from ae3tools.dfu.host import BootloaderInfo, DfuSession
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS
+from ae3tools.findings import DeviceError
+from ae3tools.formats.firmware import firmware_identity
+from ae3tools.release.bundle import BundleImage
 
 
 @dataclass
@@ -38,6 +41,25 @@ class Session:
 
 def _quiet(_: str) -> None:
     pass
+
+
+def refuse_downgrade(session: Session, images: Sequence[BundleImage]) -> None:
+    """DeviceError when the bundle's HP firmware is an older OpenMV release than the one
+    the camera was running (known only for a camera that was running: a bootloader does
+    not say), as fwupd, SWUpdate and MCUboot refuse a rollback unless told."""
+    camera = session.rebooted.camera if session.rebooted else None
+    running = camera.firmware if camera and not camera.implausible else None
+    hp = next((image for image in images if image.role is Role.HP), None)
+    identity = firmware_identity(hp.data) if hp is not None else None
+    offered = identity.openmv_version if identity else None
+    if running is None or offered is None or offered >= tuple(running):
+        return
+    raise DeviceError(
+        f"refused: the bundle's HP firmware is OpenMV {identity.openmv if identity else ''}, "
+        f"older than the v{'.'.join(map(str, running))} the camera was running. Nothing "
+        "was written",
+        hint="To install the older release anyway, flash again with --allow-downgrade.",
+    )
 
 
 @contextmanager

@@ -154,6 +154,12 @@ class FirmwareIdentity:
     def as_dict(self) -> dict[str, str | None]:
         return {"openmv": self.openmv, "micropython": self.micropython, "board": self.board}
 
+    @property
+    def openmv_version(self) -> tuple[int, ...] | None:
+        """The OpenMV release as numbers ("v4.8.1" is (4, 8, 1)), for ordering."""
+        numbers = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", self.openmv or "")
+        return tuple(int(n or 0) for n in numbers.groups()) if numbers else None
+
 
 def firmware_identity(data: bytes) -> FirmwareIdentity | None:
     """The OpenMV and MicroPython versions and the board name in a firmware image, where
