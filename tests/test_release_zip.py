@@ -158,7 +158,7 @@ def test_a_release_for_another_board_is_refused(cli, tmp_path: Path) -> None:
     assert result.code == 1 and "a release for OPENMV4, with no OPENMV_AE3 folder" in result.err
     dev = make_zip(firmware / "OPENMV4", tmp_path / "firmware_OPENMV4.zip", flat=True)
     result = cli("flash", dev, "--virtual", camera)
-    assert result.code == 1 and "a release for OPENMV4, not the AE3" in result.err
+    assert result.code == 1 and "holds none of the AE3 images" in result.err
     assert not camera.exists()
 
 
@@ -284,3 +284,40 @@ def test_member_count_reads_zip64_end_records(tmp_path: Path) -> None:
     assert member_count(small) == 1
     (tmp_path / "not.zip").write_bytes(b"no end record here")
     assert member_count(tmp_path / "not.zip") is None
+
+
+def test_release_zips_as_people_have_them(cli, tmp_path: Path) -> None:
+    """§5: a release wrapped in one folder, a macOS re-zip (__MACOSX/), a flat one under
+    any name, image names in any case (the IDE's): all read; AE3 images beside the board
+    folders of a tagged zip are named as left alone, not silently ignored; `check` and
+    `recover --bundle` take what `flash` takes."""
+    root = tmp_path / "download" / "firmware_v5.0.0"
+    board_folder(root)
+    (root / "CYW4343").mkdir()
+    (root / "romfs0.img").write_bytes((GOOD / "romfs0.img").read_bytes())  # at the top
+    macos = tmp_path / "download" / "__MACOSX" / "firmware_v5.0.0"
+    macos.mkdir(parents=True)
+    (macos / "._romfs0.img").write_bytes(b"\x00\x05\x16\x07")
+    wrapped = tmp_path / "wrapped.zip"
+    with zipfile.ZipFile(wrapped, "w") as archive:
+        for path in sorted((tmp_path / "download").rglob("*")):
+            if path.is_file():
+                archive.write(path, str(path.relative_to(tmp_path / "download")))
+    report = json.loads(cli("verify", wrapped, "--json").out)
+    assert report["source"]["folder"] == "firmware_v5.0.0/OPENMV_AE3"
+    left = {item["member"]: item["why"] for item in report["source"]["left_alone"]}
+    assert "outside the OPENMV_AE3 folder" in left["firmware_v5.0.0/romfs0.img"]
+    assert "macOS metadata" in left["__MACOSX/firmware_v5.0.0/._romfs0.img"]
+    assert len(report["images"]) == 4
+
+    shouting = tmp_path / "my-ae3-build.zip"
+    with zipfile.ZipFile(shouting, "w") as archive:
+        for image in IMAGES:
+            archive.write(GOOD / image, image.upper())
+    assert len(json.loads(cli("verify", shouting, "--json").out)["images"]) == 4
+
+    camera = tmp_path / "cam"
+    assert cli("flash", shouting, "--virtual", camera).code == 0
+    assert json.loads(cli("check", shouting, "--virtual", camera, "--json").out)["ok"]
+    recovered = cli("recover", "--yes", "--bundle", shouting, "--virtual", camera)
+    assert recovered.code == 0, recovered.err

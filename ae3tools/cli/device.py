@@ -342,7 +342,9 @@ def flash(
 @app.command()
 @device_command(omit=("plug_delay",))
 def check(
-    bundle: Path = typer.Argument(..., help="Release bundle made by `ae3tools bundle`."),
+    bundle: Path = typer.Argument(
+        ..., help="Release bundle made by `ae3tools bundle`, or an OpenMV release zip."
+    ),
     only: str | None = OnlyOption,
     reset: bool = ResetOption,
     as_json: bool = JsonOption,
@@ -358,9 +360,9 @@ def check(
     Example: ae3tools check ae3-v4.7.0.zip --json
     """
     from ae3tools.dfu.flash import check_images, ota_layouts_replaced, parse_only, select_images
-    from ae3tools.release.bundle import read_bundle
+    from ae3tools.release.openmv_zip import images_for_flash
 
-    images = select_images(read_bundle(bundle), parse_only(only))
+    images = select_images(images_for_flash(bundle)[0], parse_only(only))
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
         comparisons = check_images(session.dfu, images, observer=bars)
         replaced = ota_layouts_replaced(session.dfu, images)
@@ -603,7 +605,7 @@ def recover_command(
         recover,
         select_images,
     )
-    from ae3tools.release.bundle import read_bundle
+    from ae3tools.release.openmv_zip import images_for_flash
 
     key_limit = partition_for_role(Role.KEY).size
     key_bytes = (
@@ -611,7 +613,7 @@ def recover_command(
     )
     romfs0 = []
     if bundle is not None:
-        romfs0 = select_images(read_bundle(bundle), {Role.ROMFS0})
+        romfs0 = select_images(images_for_flash(bundle)[0], {Role.ROMFS0})
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
         seconds = recover(session.dfu, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
         results: list[ImageResult] = []

@@ -10,7 +10,6 @@ The zip is read through the one archive reader bundles use.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -40,8 +39,6 @@ from ae3tools.release.signing import SIGNATURE_NAME, TrustedKey
 
 # §1: folders of a tagged release that hold no board's firmware.
 WIFI_FOLDERS = frozenset({"CYW4343", "WINC1500"})
-# §1: a development release is named after its board.
-_FLAT_NAME = re.compile(r"firmware_([A-Z0-9_]+)\.zip", re.IGNORECASE)
 
 # §2, §3: the AE3 folder's other files, and why none of them goes over DFU.
 LEFT_ALONE = {
@@ -120,37 +117,61 @@ def read_release(path: Path) -> ReleaseZip:
         raise Ae3Error(f"{path}: not a readable zip: {reason}") from None
 
 
+# What macOS adds when it re-zips a folder: resource forks, never an image.
+_MACOS_METADATA = "__MACOSX"
+
+
 def _read(path: Path, archive: zipfile.ZipFile) -> ReleaseZip:
-    members = safe_members(archive, depth=2)
-    folders = {name.split("/")[0] for name in members if "/" in name}
-    flat_board = _FLAT_NAME.fullmatch(path.name)
+    members = safe_members(archive, depth=3)
+    left: list[tuple[str, str]] = []
+    for name in [n for n in members if n.split("/")[0] == _MACOS_METADATA]:
+        del members[name]
+        left.append((name, "macOS metadata: not an image"))
+    # §5: either layout may come wrapped in one top-level folder (a re-zipped download).
+    tops = {name.split("/")[0] for name in members}
+    wrapper = ""
+    if len(tops) == 1 and all("/" in name for name in members):
+        (top,) = tops
+        if top != BOARD_NAME and top not in WIFI_FOLDERS:
+            wrapper = f"{top}/"
+    inside = {name[len(wrapper) :]: info for name, info in members.items()}
+    too_deep = [name for name in inside if name.count("/") > 1]
+    if too_deep:
+        raise ArchiveRefused(
+            f"unsafe member name {wrapper + too_deep[0]!r}: nested deeper than a release's"
+        )
+    folders = {name.split("/")[0] for name in inside if "/" in name}
     if BOARD_NAME in folders:
         layout, folder = "tagged", BOARD_NAME
-    elif flat_board and flat_board.group(1).upper() != BOARD_NAME:
-        raise Ae3Error(f"{path}: a release for {flat_board.group(1)}, not the AE3 ({BOARD_NAME})")
     elif folders - WIFI_FOLDERS:
         boards = ", ".join(sorted(folders - WIFI_FOLDERS))
         raise Ae3Error(f"{path}: a release for {boards}, with no {BOARD_NAME} folder")
     else:
-        layout, folder = "flat", ""
+        layout, folder = "flat", ""  # content decides, not the zip's name
     prefix = f"{folder}/" if folder else ""
-    own = {name[len(prefix) :]: info for name, info in members.items() if name.startswith(prefix)}
+    own = {name[len(prefix) :]: info for name, info in inside.items() if name.startswith(prefix)}
     own = {name: info for name, info in own.items() if "/" not in name}
+    # The IDE matches the image names in any case (§4): FIRMWARE_M55_HE.BIN is HE's.
+    by_lower = {name.lower(): name for name in own}
     artifacts = {}
     for role in FLASH_ORDER:
         partition = partition_for_role(role)
-        name = str(partition.image_name)
-        if name in own:
+        member = by_lower.get(str(partition.image_name).lower())
+        if member is not None:
             # One byte past the partition: enough for the size check to say it does not fit.
-            data = read_member(archive, own.pop(name), partition.size + 1)
-            artifacts[role] = examine(data, source=f"{path}:{prefix}{name}", role=role)
+            data = read_member(archive, own.pop(member), partition.size + 1)
+            source = f"{path}:{wrapper}{prefix}{member}"
+            artifacts[role] = examine(data, source=source, role=role)
     if not artifacts:
         names = ", ".join(str(partition_for_role(r).image_name) for r in FLASH_ORDER)
         raise Ae3Error(f"{path}: holds none of the AE3 images ({names})")
-    left = [(f"{prefix}{name}", _why_left_alone(name)) for name in sorted(own)]
-    left += [(f"{other}/", "another board's or a WiFi chip's files") for other in sorted(folders)
-             if other != folder]  # fmt: skip
-    return ReleaseZip(str(path), layout, folder, artifacts, tuple(left))
+    left += [(f"{wrapper}{prefix}{name}", _why_left_alone(name)) for name in sorted(own)]
+    left += [(f"{wrapper}{other}/", "another board's or a WiFi chip's files")
+             for other in sorted(folders) if other != folder]  # fmt: skip
+    if folder:  # files beside the board folders, AE3 images among them or not
+        left += [(f"{wrapper}{name}", f"outside the {BOARD_NAME} folder: not taken from there")
+                 for name in sorted(inside) if "/" not in name]  # fmt: skip
+    return ReleaseZip(str(path), layout, wrapper + folder, artifacts, tuple(left))
 
 
 def images_for_flash(
