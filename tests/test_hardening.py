@@ -848,3 +848,21 @@ def test_outputs_are_published_safely(cli, tmp_path: Path, monkeypatch) -> None:
     result = cli("read", "he", "-o", memory, "--force", "--virtual", camera,
                  "--virtual-timing", "zero")  # fmt: skip
     assert result.code == 2 and "lies inside the input directory" in result.err
+
+
+def test_small_usage_errors_are_usage_errors(cli, tmp_path: Path) -> None:
+    """`--length 010` (an internal error), a missing or empty --port (exit 1), `virtual
+    unplug` on any directory (it wrote its marker there)."""
+    camera = tmp_path / "cam"
+    boot = ("--virtual", camera, "--virtual-mode", "bootloader", "--virtual-timing", "zero")
+    result = cli("read", "hp", "-o", tmp_path / "ten.bin", "--length", "010", *boot)
+    assert result.code == 0 and (tmp_path / "ten.bin").stat().st_size == 10
+    for port in (str(tmp_path / "ttyNONE"), ""):
+        result = cli("bootloader", "--port", port)
+        assert result.code == 2 and "no such serial port" in result.err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    result = cli("virtual", "unplug", other)
+    assert result.code == 2 and "not a virtual camera's directory" in result.err
+    assert sorted(p.name for p in other.iterdir()) == ["todo.txt"]

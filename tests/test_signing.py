@@ -182,3 +182,33 @@ def test_openssl_keys_sign_and_openssl_verifies(cli, tmp_path: Path) -> None:
     # And openssl reads the keys ae3tools makes.
     assert cli("keypair", "-o", tmp_path / "mine.pem").code == 0
     assert "ED25519" in openssl("pkey", "-in", tmp_path / "mine.pem", "-noout", "-text").stdout
+
+
+@needs_openssl
+def test_keys_of_other_algorithms_and_exposed_keys(cli, tmp_path: Path) -> None:
+    """A secp112r1 or SM2 key was an internal error (UnsupportedAlgorithm): now one line,
+    exit 2, for signing and for --key. An Ed25519 key others can read is used, with a
+    warning, as ssh warns."""
+    good = Path(__file__).resolve().parent.parent / "fixtures" / "good"
+    made = []
+    for name, args in (("secp112r1", ("ecparam", "-name", "secp112r1", "-genkey", "-noout")),
+                       ("sm2", ("genpkey", "-algorithm", "SM2"))):  # fmt: skip
+        key = tmp_path / f"{name}.pem"
+        try:
+            openssl(*args, "-out", key)
+        except subprocess.CalledProcessError:
+            continue  # this openssl lacks the curve
+        made.append(key)
+        signing = cli("bundle", "--from", good, "--sign", key, "-o", tmp_path / "b.zip")
+        assert signing.code == 2 and "not an Ed25519 key" in signing.err, name
+        bundle = tmp_path / "plain.zip"
+        if not bundle.exists():
+            assert cli("bundle", "--from", good, "-o", bundle).code == 0
+        trusting = cli("verify", bundle, "--key", key)
+        assert trusting.code == 2 and "not an Ed25519 key" in trusting.err, name
+    assert made, "openssl made neither key"
+    exposed = tmp_path / "ed.pem"
+    openssl("genpkey", "-algorithm", "ed25519", "-out", exposed)
+    exposed.chmod(0o644)
+    result = cli("bundle", "--from", good, "--sign", exposed, "-o", tmp_path / "s.zip")
+    assert result.code == 0 and "can be read by others (mode 644); chmod 600 it" in result.err

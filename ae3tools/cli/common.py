@@ -100,7 +100,9 @@ def parse_size(text: str, option: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"{option} {text}: expected a byte count such as 4096, 0x1000, 64K, 3M")
-    return int(match.group(1), 0) * _UNITS[(match.group(2) or "").lower()]
+    number = match.group(1)  # "010" is ten: a leading zero is not octal here
+    value = int(number, 16) if number.lower().startswith("0x") else int(number, 10)
+    return value * _UNITS[(match.group(2) or "").lower()]
 
 
 # ----------------------------------------------------------------------------- output

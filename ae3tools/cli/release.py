@@ -15,6 +15,7 @@ from ae3tools.cli.common import (
     JsonOption,
     app,
     emit_json,
+    err,
     finding_rows,
     out,
     plural,
@@ -198,12 +199,15 @@ def bundle(
         write_bundle,
     )
     from ae3tools.release.openmv_zip import inputs_from
-    from ae3tools.release.signing import load_private_key
+    from ae3tools.release.signing import exposed_private_key, load_private_key
 
     # Every input, a zip that images are taken from and the signing key included, with or
     # without --force: the bundle's own inputs never hold which files those are.
     refuse_output_over_input(output, [from_dir, sign_with, hp, he, romfs1, romfs0])
     signing_key = load_private_key(sign_with) if sign_with is not None else None
+    exposed = exposed_private_key(sign_with) if sign_with is not None else None
+    if exposed:
+        err.print(f"warning: {exposed}", soft_wrap=True)
     inputs = merge_inputs(
         {Role.HP: hp, Role.HE: he, Role.ROMFS1: romfs1, Role.ROMFS0: romfs0},
         inputs_from(from_dir) if from_dir is not None else {},

@@ -76,6 +76,8 @@ def find_camera(backend: Any, ports: PortSource, selector: Selector) -> Attached
     mpremote do the same): one that is not a discovered camera has no USB identity."""
     found = selected(attached_cameras(backend, ports), [selector])
     if not found and selector.port is not None and selector.path is None:
+        if not selector.port or not port_exists(selector.port):  # the user's word: a usage error
+            raise UsageError(f"--port {selector.port!r}: no such serial port")
         found = [
             AttachedCamera(APPLICATION, selector.port, None, port=CameraPort(selector.port, None))
         ]

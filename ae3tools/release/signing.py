@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ def _pem(path: Path) -> bytes:
 
 def load_private_key(path: Path) -> Any:
     """An Ed25519 private key from a PEM file (unencrypted, as openssl genpkey writes)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -156,11 +158,23 @@ def load_private_key(path: Path) -> Any:
         key = load_pem_private_key(_pem(path), password=None)
     except TypeError:
         raise UsageError(f"{path}: the key is encrypted; give an unencrypted PEM key") from None
+    except UnsupportedAlgorithm:  # SM2, secp112r1, ...: a key, of no use here
+        raise UsageError(f"{path}: not an Ed25519 key (bundles are signed with Ed25519)") from None
     except ValueError:
         raise UsageError(f"{path}: not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise UsageError(f"{path}: not an Ed25519 key (bundles are signed with Ed25519)")
     return key
+
+
+def exposed_private_key(path: Path) -> str | None:
+    """A warning when a private key file can be read by others (POSIX), as ssh gives."""
+    if os.name != "posix":
+        return None
+    mode = path.stat().st_mode & 0o777
+    if not mode & 0o077:
+        return None
+    return f"{path}: the private key can be read by others (mode {mode:o}); chmod 600 it"
 
 
 def trusted_key(path: Path) -> TrustedKey:
@@ -170,6 +184,7 @@ def trusted_key(path: Path) -> TrustedKey:
 def load_public_key(path: Path) -> bytes:
     """The raw 32-byte Ed25519 public key from a PEM file (a public key, or a private
     one, whose public half is taken)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
         Ed25519PublicKey,
@@ -182,12 +197,16 @@ def load_public_key(path: Path) -> bytes:
     )
 
     data = _pem(path)
-    key: Any
+    key: Any = None
     try:
         key = load_pem_public_key(data)
+    except UnsupportedAlgorithm:
+        pass  # a key of another algorithm: said below
     except ValueError:
         try:
             key = load_pem_private_key(data, password=None)
+        except UnsupportedAlgorithm:
+            pass
         except (ValueError, TypeError):
             raise UsageError(f"{path}: not a PEM public key") from None
     if isinstance(key, Ed25519PrivateKey):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ae3tools.board import APPLICATION_PID, USB_VID
+from ae3tools.board import APPLICATION_PID, PARTITIONS, USB_VID
 from ae3tools.camera.port import CameraPort
 from ae3tools.dfu.protocol import (
     LATEST_BOOTLOADER,
@@ -48,7 +48,7 @@ from ae3tools.virtual.bootloader import (
 )
 from ae3tools.virtual.descriptors import string_descriptor
 from ae3tools.virtual.faults import Fault, NoDevice, Stall
-from ae3tools.virtual.memory import DeviceMemory
+from ae3tools.virtual.memory import DeviceMemory, partition_file_name
 from ae3tools.virtual.timing import Timing, precise_sleep
 
 if TYPE_CHECKING:
@@ -139,6 +139,13 @@ def set_plugged(directory: Path, plugged: bool) -> None:
     camera sees it at its next look at the bus). OSError if `directory` is not one."""
     if not directory.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such virtual camera directory", str(directory))
+    ours = {DeviceMemory.LOCK_NAME, UNPLUGGED_MARKER, *map(partition_file_name, PARTITIONS)}
+    strangers = [path.name for path in directory.iterdir() if path.name not in ours]
+    if strangers:  # an empty directory is a camera not yet powered: it may wait unplugged
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"not a virtual camera's directory (it holds {strangers[0]})",
+            str(directory),
+        )  # fmt: skip
     marker = directory / UNPLUGGED_MARKER
     if plugged:
         marker.unlink(missing_ok=True)
