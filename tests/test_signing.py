@@ -212,3 +212,55 @@ def test_keys_of_other_algorithms_and_exposed_keys(cli, tmp_path: Path) -> None:
     exposed.chmod(0o644)
     result = cli("bundle", "--from", good, "--sign", exposed, "-o", tmp_path / "s.zip")
     assert result.code == 0 and "can be read by others (mode 644); chmod 600 it" in result.err
+
+
+def test_small_order_keys_are_refused(cli, tmp_path: Path) -> None:
+    """A bundle 'signed' under a small-order key with the identity as R and S = 0: OpenSSL
+    verifies that signature for any manifest under the identity key (and for 1 in 2, 4
+    or 8 under the others, which this test measures: each listed key is of small
+    order). It was shown as a signer; now the signature is refused as unreadable, and so
+    is such a key given to --key."""
+    import base64
+    import json as json_module
+    import os
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from ae3tools.release.signing import SMALL_ORDER_KEYS
+
+    forged = bytes.fromhex("01" + "00" * 31) + bytes(32)
+    for raw in SMALL_ORDER_KEYS:
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        fits = 0
+        for _ in range(200):
+            try:
+                key.verify(forged, os.urandom(16))
+                fits += 1
+            except InvalidSignature:
+                pass
+        assert fits >= 5, raw.hex()  # 1 in 8 at least: a random key would give 0
+    identity = bytes.fromhex("01" + "00" * 31)
+    good = Path(__file__).resolve().parent.parent / "fixtures" / "good"
+    plain = tmp_path / "plain.zip"
+    assert cli("bundle", "--from", good, "-o", plain).code == 0
+    signature = {"format": "ae3tools-signature", "algorithm": "ed25519",
+                 "public_key": base64.b64encode(identity).decode(),
+                 "signature": base64.b64encode(forged).decode()}  # fmt: skip
+    forged_bundle = tmp_path / "forged.zip"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(forged_bundle, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, source.read(info))
+        target.writestr("manifest.sig", json_module.dumps(signature))
+    result = cli("verify", forged_bundle)
+    assert result.code == 1 and "small order" in result.out
+    pem = tmp_path / "weak.pub.pem"
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pem.write_bytes(
+        Ed25519PublicKey.from_public_bytes(identity).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    result = cli("verify", plain, "--key", pem)
+    assert result.code == 2 and "small order" in result.err

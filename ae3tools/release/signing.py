@@ -116,6 +116,24 @@ def signer_findings(signature: Signature | None, trusted: TrustedKey) -> list[Fi
     return []
 
 
+# The encodings of Ed25519's points of small order (libsodium refuses the same): under
+# such a key, one fixed signature verifies for any manifest (the identity's), or for one
+# manifest in 2, 4 or 8, so it proves nothing. tests/test_signing.py shows each is one.
+SMALL_ORDER_KEYS = frozenset(
+    bytes.fromhex(text)
+    for text in (
+        "0100000000000000000000000000000000000000000000000000000000000000",  # order 1
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # order 2
+        "0000000000000000000000000000000000000000000000000000000000000000",  # order 4
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    )
+)
+
+
 def fingerprint(public_key: bytes) -> str:
     """sha256 of the raw public key, as "sha256:<hex>"."""
     return "sha256:" + hashlib.sha256(public_key).hexdigest()
@@ -134,6 +152,10 @@ def parse_signature(raw: bytes) -> Signature:
         raise BadSignature(f"unreadable ({type(exc).__name__})") from None
     if len(public_key) != 32 or len(signature) != 64:
         raise BadSignature("an Ed25519 key is 32 bytes and a signature 64")
+    if public_key in SMALL_ORDER_KEYS:
+        raise BadSignature(
+            "its key is a point of small order: a signature under it can fit any manifest"
+        )
     return Signature(public_key, signature)
 
 
@@ -214,6 +236,8 @@ def load_public_key(path: Path) -> bytes:
     if not isinstance(key, Ed25519PublicKey):
         raise UsageError(f"{path}: not an Ed25519 key (bundles are signed with Ed25519)")
     raw: bytes = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if raw in SMALL_ORDER_KEYS:
+        raise UsageError(f"{path}: a point of small order, not a usable Ed25519 key")
     return raw
 
 
