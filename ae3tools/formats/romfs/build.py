@@ -69,11 +69,24 @@ class LeftOut:
 
 
 @dataclass(frozen=True)
+class Reuse:
+    """How a build over a base image used it (see base_layout.py)."""
+
+    kept: int  # files whose data stayed where the base image had it
+    placed: int  # files whose data was written anew
+    wasted: int  # bytes of the image that nothing reaches: the price of staying in place
+
+    def as_dict(self) -> dict[str, int]:
+        return {"kept": self.kept, "placed": self.placed, "wasted_bytes": self.wasted}
+
+
+@dataclass(frozen=True)
 class BuiltImage:
     image: bytes
     files: int
     directories: int
     left_out: tuple[LeftOut, ...]
+    reuse: Reuse | None = None  # with a base image
 
 
 @dataclass(frozen=True)
@@ -88,14 +101,14 @@ class BuildOptions:
 
 
 @dataclass
-class _Node:
+class TreeNode:
     """One entry to pack: a file with its size, or a directory with its children and
     the length of its contents (known after the first pass)."""
 
     name: bytes
     path: Path
     size: int = 0  # a file's data length
-    children: list[_Node] | None = None  # None for a file
+    children: list[TreeNode] | None = None  # None for a file
     data: bytes | None = None  # a file's data when made here (a compiled script)
     content_length: int = 0  # a directory's: its children's records
 
@@ -108,31 +121,31 @@ def _pads(position: int, alignment: int) -> int:
     return -position % alignment
 
 
-def _data_pads(record_at: int, node: _Node, rules: Sequence[AlignmentRule]) -> int:
+def _data_pads(record_at: int, node: TreeNode, rules: Sequence[AlignmentRule]) -> int:
     """The 0x80 pads in a file's DATA_VERBATIM header that put its data on its multiple."""
     data_header = OPENMV_RECORD_HEADER_SIZE + len(node.name_field) + 1
     wanted = alignment_for(node.name.decode(), rules)
     return _pads(record_at + data_header + len(encode_vint(node.size)), wanted)
 
 
-def _file_length(record_at: int, node: _Node, rules: Sequence[AlignmentRule]) -> int:
+def _file_length(record_at: int, node: TreeNode, rules: Sequence[AlignmentRule]) -> int:
     pads = _data_pads(record_at, node, rules)
     body = len(node.name_field) + 1 + pads + len(encode_vint(node.size)) + node.size
     return OPENMV_RECORD_HEADER_SIZE + body
 
 
-def _directory_pads(record_at: int, node: _Node, largest: int) -> int:
+def _directory_pads(record_at: int, node: TreeNode, largest: int) -> int:
     """Pads between a DIRECTORY's kind and length so its contents start on `largest`."""
     length = len(node.name_field) + node.content_length
     return _pads(record_at + 1 + len(encode_vint(length)) + len(node.name_field), largest)
 
 
-def _directory_length(record_at: int, node: _Node, largest: int) -> int:
+def _directory_length(record_at: int, node: TreeNode, largest: int) -> int:
     length = len(node.name_field) + node.content_length
     return 1 + _directory_pads(record_at, node, largest) + len(encode_vint(length)) + length
 
 
-def _record_length(record_at: int, node: _Node, options: BuildOptions, largest: int) -> int:
+def _record_length(record_at: int, node: TreeNode, options: BuildOptions, largest: int) -> int:
     if node.children is None:
         return _file_length(record_at, node, options.alignment)
     return _directory_length(record_at, node, largest)
@@ -152,7 +165,7 @@ class _Scan:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.source).as_posix()
 
-    def children(self, directory: Path) -> list[_Node]:
+    def children(self, directory: Path) -> list[TreeNode]:
         """The entries of `directory` to pack, sorted by name as OpenMV's builders sort."""
         try:
             names = sorted(os.listdir(directory))
@@ -170,7 +183,7 @@ class _Scan:
                 nodes.append(self._compiled(node, names) if self._compiles(node) else node)
         return sorted(nodes, key=lambda node: node.name)  # a compiled name sorts anew
 
-    def _compiles(self, node: _Node) -> bool:
+    def _compiles(self, node: TreeNode) -> bool:
         return (
             self.options.compile_py is not None
             and node.children is None
@@ -178,15 +191,15 @@ class _Scan:
             and node.path != self.source / "main.py"
         )
 
-    def _compiled(self, node: _Node, siblings: Sequence[str]) -> _Node:
+    def _compiled(self, node: TreeNode, siblings: Sequence[str]) -> TreeNode:
         mpy_name = node.name[:-3] + b".mpy"
         if mpy_name.decode() in siblings:
             return node  # a .mpy of that name is in the tree: both go in, as mpremote does
         assert self.options.compile_py is not None
         data = self.options.compile_py(node.path)
-        return _Node(mpy_name, node.path, size=len(data), data=data)
+        return TreeNode(mpy_name, node.path, size=len(data), data=data)
 
-    def _node(self, path: Path, name: str) -> _Node | None:
+    def _node(self, path: Path, name: str) -> TreeNode | None:
         try:
             raw = name.encode("utf-8")
         except UnicodeEncodeError:  # undecodable bytes in a POSIX name
@@ -201,14 +214,14 @@ class _Scan:
             raise Ae3Error(f"{path}: {exc.strerror or exc}") from None
         if stat.S_ISDIR(info.st_mode):
             self.directories += 1
-            return self._count(_Node(raw, path, children=[]), path)
+            return self._count(TreeNode(raw, path, children=[]), path)
         if stat.S_ISREG(info.st_mode):
             self.files += 1
-            return self._count(_Node(raw, path, size=info.st_size), path)
+            return self._count(TreeNode(raw, path, size=info.st_size), path)
         self.left_out.append(LeftOut(self.relative(path), "not a regular file or directory"))
         return None
 
-    def _count(self, node: _Node, path: Path) -> _Node:
+    def _count(self, node: TreeNode, path: Path) -> TreeNode:
         self.records += 1 if node.children is not None else 2  # a directory; a file and data
         if self.records > records.MAX_RECORDS:
             raise Ae3Error(
@@ -224,14 +237,14 @@ def _matching(name: str, patterns: Sequence[str]) -> str | None:
     return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
 
-def _scan(scan: _Scan, largest: int) -> list[_Node]:
+def _scan(scan: _Scan, largest: int) -> list[TreeNode]:
     """The tree's nodes, each directory's content_length filled in: depth first with an
     explicit stack (a tree may be deeper than Python's), a directory sized when its last
     child has been. Followed links are checked against the directories above them: a
     link back up would never end."""
     on_path = {_identity(scan.source)}
     root = scan.children(scan.source)
-    stack: list[tuple[_Node | None, list[_Node], int]] = [(None, root, 0)]
+    stack: list[tuple[TreeNode | None, list[TreeNode], int]] = [(None, root, 0)]
     while stack:
         directory, children, index = stack[-1]
         if index < len(children):
@@ -268,7 +281,7 @@ def _identity(path: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _write(image: bytearray, root: list[_Node], options: BuildOptions, largest: int) -> None:
+def _write(image: bytearray, root: list[TreeNode], options: BuildOptions, largest: int) -> None:
     """Append every record, depth first, each written once where it lands."""
     stack = [iter(root)]
     while stack:
@@ -284,7 +297,7 @@ def _write(image: bytearray, root: list[_Node], options: BuildOptions, largest: 
             image += node.name_field
             stack.append(iter(node.children))
             continue
-        data = _read(node)
+        data = read_node(node)
         pads = _data_pads(record_at, node, options.alignment)
         body = bytes([KIND_DATA_VERBATIM]) + bytes([VINT_PAD]) * pads + encode_vint(len(data))
         length = len(node.name_field) + len(body) + len(data)
@@ -292,7 +305,7 @@ def _write(image: bytearray, root: list[_Node], options: BuildOptions, largest: 
         image += node.name_field + body + data
 
 
-def _read(node: _Node) -> bytes:
+def read_node(node: TreeNode) -> bytes:
     if node.data is not None:
         return node.data
     try:
@@ -304,29 +317,43 @@ def _read(node: _Node) -> bytes:
     return data
 
 
+def scan_tree(
+    source: Path, options: BuildOptions, partition: Partition | None
+) -> tuple[list[TreeNode], _Scan]:
+    """The tree under `source` as nodes, directories sized for OpenMV's layout."""
+    require_directory(source)
+    limit = partition.size if partition is not None else MAX_ROMFS_SIZE
+    holder = f"partition {partition.name}" if partition else "any ROMFS partition"
+    scan = _Scan(source, options, limit, holder)
+    return _scan(scan, largest_alignment(options.alignment)), scan
+
+
 def build_romfs(
     source: Path,
     *,
     options: BuildOptions | None = None,
     partition: Partition | None = None,
+    base: bytes | None = None,
 ) -> BuiltImage:
-    """Build an image from a directory tree, directories kept, OpenMV's layout.
+    """Build an image from a directory tree, directories kept, OpenMV's layout; with
+    `base`, laid out over that image instead (see base_layout.py).
 
     Names are stored as their UTF-8 bytes. Excluded entries, symbolic links (unless
     followed) and special files are left out and listed in the result.
     """
-    require_directory(source)
     options = options or BuildOptions()
-    limit = partition.size if partition is not None else MAX_ROMFS_SIZE
-    holder = f"partition {partition.name}" if partition else "any ROMFS partition"
+    root, scan = scan_tree(source, options, partition)
+    if base is not None:
+        from ae3tools.formats.romfs.base_layout import layout_on_base
+
+        laid_out, reuse = layout_on_base(root, base, options, scan.limit, scan.holder)
+        return BuiltImage(laid_out, scan.files, scan.directories, tuple(scan.left_out), reuse)
     largest = largest_alignment(options.alignment)
-    scan = _Scan(source, options, limit, holder)
-    root = _scan(scan, largest)
     total = OPENMV_HEADER_SIZE
     for node in root:
         total += _record_length(total, node, options, largest)
-    if total > limit:
-        raise Ae3Error(f"{source}: image would be {total} bytes; {holder} holds {limit}")
+    if total > scan.limit:
+        raise Ae3Error(f"{source}: image would be {total} bytes; {scan.holder} holds {scan.limit}")
     image = bytearray(OPENMV_HEADER_SIZE)
     _write(image, root, options, largest)
     payload = len(image) - OPENMV_HEADER_SIZE
