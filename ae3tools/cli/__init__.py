@@ -20,7 +20,14 @@ from ae3tools.cli import artifacts as _artifacts  # noqa: F401  (registers comma
 from ae3tools.cli import device as _device  # noqa: F401
 from ae3tools.cli import release as _release  # noqa: F401
 from ae3tools.cli import virtual as _virtual  # noqa: F401
-from ae3tools.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, app, emit_json, err
+from ae3tools.cli.common import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    app,
+    emit_json,
+    envelope,
+    err,
+)
 from ae3tools.findings import Ae3Error
 
 # Set by main: --json-progress streams one JSON object per line, and an error ends the
@@ -31,13 +38,13 @@ _streaming = False
 def _fail(
     message: str, code: int, *, hint: str = "", as_json: bool, details: dict[str, Any] | None
 ) -> None:
-    failure = {"ok": False, "error": message, "hint": hint or None, "exit_code": code}
+    failure = {"hint": hint or None, **(details or {})}
     if as_json and _streaming:
-        event = {"event": "report", "time": round(time.time(), 3), **failure, **(details or {})}
-        sys.stdout.write(json.dumps(event) + "\n")
+        event = {"event": "report", "time": round(time.time(), 3)}
+        sys.stdout.write(json.dumps({**event, **envelope(failure, message, code)}) + "\n")
         sys.stdout.flush()
     elif as_json:
-        emit_json({**failure, **(details or {})})
+        emit_json(failure, message, code)
     err.print(f"ae3tools: error: {message}", soft_wrap=True)
     if hint:
         err.print(hint, soft_wrap=True)

@@ -10,12 +10,14 @@ import typer
 
 from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
 from ae3tools.cli.common import (
+    EXIT_FAILED,
     STATUS_TEXT,
     ForceOption,
     JsonOption,
     app,
     emit_json,
     emit_json_streaming,
+    failure_line,
     finding_rows,
     json_scalar,
     json_string,
@@ -194,7 +196,8 @@ def _entry_columns(entries: Sequence[RomfsEntry]) -> list[tuple[str, int]]:
 
 
 def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -> None:
-    """romfs ls's output: the entries, one per line, then the findings."""
+    """romfs ls's output: the entries, one per line, then the findings; exit status 1
+    when the image has errors."""
     digests = file_digests(data, parsed.entries)
     header = parsed.header
 
@@ -208,7 +211,6 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
         emit_json_streaming(
             {
                 "image": source,
-                "ok": parsed.ok,
                 "size": parsed.image_size,
                 "filesystem_size": header.total_size if header else None,
                 "builder": parsed.builder,
@@ -217,6 +219,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
                 **finding_rows(parsed.findings),
             },
             "entries",
+            failure_line(source, parsed.findings),
         )
     else:
         out.print(source)
@@ -227,7 +230,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
         )
         if header:
             out.print(
-                f"{len(parsed.files)} files, filesystem {header.total_size} bytes "
+                f"{plural(len(parsed.files), 'file')}, filesystem {header.total_size} bytes "
                 f"of {parsed.image_size}, {parsed.builder}"
             )
         print_findings(parsed.findings, f"{source}: ")
@@ -311,7 +314,7 @@ def romfs_ls(
         )
         _show_listing(source, data, parsed, as_json)
     if not parsed.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @romfs_app.command("extract")
@@ -339,21 +342,22 @@ def romfs_extract(
     dest.mkdir(parents=True, exist_ok=True)
     result = extract(data, parsed, dest, force=force)
     problems = [*errors_in(parsed.findings), *result.skipped]
+    failure = failure_line(str(image), problems)
     if as_json:
         emit_json(
             {
                 "image": str(image),
-                "ok": parsed.ok and not result.skipped,
                 "destination": str(dest),
                 "written": [str(p) for p in result.written],
                 **finding_rows(problems),
-            }
+            },
+            failure,
         )
     else:
-        out.print(f"extracted {len(result.written)} files from {image} into {dest}")
+        out.print(f"extracted {plural(len(result.written), 'file')} from {image} into {dest}")
         print_findings(problems, f"{image}: ")
-    if not parsed.ok or result.skipped:
-        raise typer.Exit(1)
+    if failure is not None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 # Left-out entries a build names in its text output; --json lists them all.
@@ -446,7 +450,6 @@ def romfs_build(
     if as_json:
         emit_json(
             {
-                "ok": True,
                 "output": str(output),
                 "size": size,
                 "files": built.files,
@@ -536,12 +539,22 @@ def inspect(
     files = [p for p in files if p not in bundles]
     reports = [open_bundle(p) for p in bundles]
     artifacts = [_load_or_report(path) for path in files]
+    failing = [
+        line
+        for line in [failure_line(a.source, a.findings) for a in artifacts]
+        + [failure_line(r.path, r.all_findings) for r in reports]
+        if line is not None
+    ]
+    failure = failing[0] if failing else None
+    if len(failing) > 1:
+        failure = f"{failing[0]}; and {plural(len(failing) - 1, 'more file')} with errors"
     if as_json:
         emit_json(
             {
                 "files": [artifact_json(a) for a in artifacts],
                 **({"bundles": [report_json(r) for r in reports]} if reports else {}),
-            }
+            },
+            failure,
         )
     else:
         for report in reports:
@@ -568,5 +581,5 @@ def inspect(
             print_findings(
                 [f for f in a.findings if f.severity is not Severity.INFO], f"{a.source}: "
             )
-    if any(not a.ok for a in artifacts) or any(not r.ok for r in reports):
-        raise typer.Exit(1)
+    if failure is not None:
+        raise typer.Exit(EXIT_FAILED)

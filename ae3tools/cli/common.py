@@ -16,7 +16,8 @@ from rich.text import Text
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity, UsageError
 
-# Exit statuses besides 0, 1 (a failed check) and 2 (a usage error).
+# Exit statuses besides 0 and 2 (a usage error, click's own).
+EXIT_FAILED = 1  # a check failed, or the camera did
 EXIT_INTERNAL = 3  # a bug: said in one line, with AE3TOOLS_DEBUG=1 for the traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
 
@@ -108,8 +109,26 @@ def parse_size(text: str, option: str) -> int:
 # ----------------------------------------------------------------------------- output
 
 
-def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+_ENVELOPE = ("ok", "error", "exit_code")
+
+
+def envelope(
+    value: dict[str, Any], failure: str | None = None, exit_code: int = EXIT_FAILED
+) -> dict[str, Any]:
+    """The one envelope of every --json object: `ok` first, and for a failure `error`
+    (one line, as the text output says it) and `exit_code`, the status the command
+    exits with. The command's own fields follow."""
+    body = {key: item for key, item in value.items() if key not in _ENVELOPE}
+    if failure is None:
+        return {"ok": True, **body}
+    return {"ok": False, "error": failure, "exit_code": exit_code, **body}
+
+
+def emit_json(
+    value: dict[str, Any], failure: str | None = None, exit_code: int = EXIT_FAILED
+) -> None:
+    """Print a command's result as its one JSON object (see `envelope`)."""
+    sys.stdout.write(json.dumps(envelope(value, failure, exit_code), indent=2) + "\n")
 
 
 # Long listings are written in blocks of this many lines: a write per line is a tenth
@@ -125,11 +144,12 @@ def json_scalar(value: int | str | None) -> str:
     return json_string(value) if isinstance(value, str) else str(value)
 
 
-def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
+def emit_json_streaming(value: dict[str, Any], streamed: str, failure: str | None) -> None:
     """emit_json for an object whose `streamed` value is an iterable of very many items
     (a crafted ROMFS lists 250,000), each already JSON text: they are written one per
     line, in blocks, so the whole document never exists as one string."""
     write = sys.stdout.write
+    value = envelope(value, failure)
     for index, (key, item) in enumerate(value.items()):
         write(("{\n" if index == 0 else ",\n") + f"  {json.dumps(key)}: ")
         if key != streamed:
@@ -142,6 +162,16 @@ def emit_json_streaming(value: dict[str, Any], streamed: str) -> None:
             separator = ",\n    "
         write("\n  ]")
     write("\n}\n" if value else "{}\n")
+
+
+def failure_line(subject: str, findings: Iterable[Finding]) -> str | None:
+    """A failed check in one line, for --json's `error`: its first error, and how many
+    more; None when there is no error."""
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    if not errors:
+        return None
+    more = f" (and {plural(len(errors) - 1, 'more error')})" if len(errors) > 1 else ""
+    return f"{subject}: {errors[0]}{more}"
 
 
 def finding_rows(findings: Sequence[Finding]) -> dict[str, list[dict[str, str]]]:

@@ -15,6 +15,7 @@ import typer
 
 from ae3tools.board import PARTITIONS, Memory, Role, partition_by_name, partition_for_role
 from ae3tools.cli.common import (
+    EXIT_FAILED,
     ForceOption,
     JsonOption,
     app,
@@ -307,7 +308,6 @@ def flash(
     firmware = firmware_versions(images)
     report = {
         "bundle": str(bundle),
-        "ok": True,
         "source": release.as_dict() if release else {"kind": "ae3tools-bundle"},
         "firmware": firmware,
         "device": session.info.as_dict(),
@@ -367,12 +367,14 @@ def check(
         comparisons = check_images(session.dfu, images, observer=bars)
         replaced = ota_layouts_replaced(session.dfu, images)
         after = end_session(session, reset, quiet=as_json)
-    equal = all(c.equal for c in comparisons)
+    differing = [c.role.value for c in comparisons if not c.equal]
+    failure = None
+    if differing:
+        failure = f"the camera differs from the bundle in {', '.join(differing)}"
     if as_json:
         emit_json(
             {
                 "bundle": str(bundle),
-                "ok": equal,
                 "device": session.info.as_dict(),
                 "images": [c.as_dict() for c in comparisons],
                 "replaces_ota_layout": {
@@ -380,7 +382,8 @@ def check(
                 },
                 "reset": reset,
                 "after": after,
-            }
+            },
+            failure,
         )
     else:
         out.print(comparison_table(comparisons))
@@ -389,15 +392,13 @@ def check(
                 f"{image.partition.name} on the camera holds {layout.describe()}: flashing "
                 f"this bundle's plain {image.entry.file} over it needs --replace-ota-layout"
             )
-        differing = [c.role.value for c in comparisons if not c.equal]
         out.print(
             "the camera holds the bundle"
-            if equal
-            else f"the camera differs from the bundle in {', '.join(differing)}: "
-            f"`ae3tools flash {bundle}` writes just the differing blocks"
+            if failure is None
+            else f"{failure}: `ae3tools flash {bundle}` writes just the differing blocks"
         )
-    if not equal:
-        raise typer.Exit(1)
+    if failure is not None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 READABLE = tuple(p.name.lower() for p in PARTITIONS if p.memory is not Memory.RECOVERY)
@@ -453,7 +454,6 @@ def read(
     if as_json:
         emit_json(
             {
-                "ok": True,
                 "partition": partition.name,
                 "alt": partition.alt,
                 "output": str(output),
@@ -502,7 +502,6 @@ def bootloader(
     if as_json:
         emit_json(
             {
-                "ok": True,
                 "was_running": rebooted.as_dict() if rebooted else None,
                 "bootloader": device.as_dict(),
             }
@@ -628,7 +627,6 @@ def recover_command(
     if as_json:
         emit_json(
             {
-                "ok": True,
                 "recovery_seconds": round(seconds, 3),
                 "images": [r.as_dict() for r in results],
                 "reset": reset,
@@ -651,6 +649,7 @@ def recover_command(
 def erase_fs(
     yes: bool = YesOption,
     reset: bool = ResetOption,
+    as_json: bool = JsonOption,
     *,
     target: Target,
 ) -> None:
@@ -664,10 +663,13 @@ def erase_fs(
         raise UsageError("erase-fs deletes every file on the camera: run it again with --yes")
     from ae3tools.dfu.flash import erase_filesystem
 
-    with session_for(target) as session:
+    with session_for(target, quiet=as_json) as session:
         erase_filesystem(session.dfu)
-        after = end_session(session, reset)
-    out.print(f"filesystem erased; {after}")
+        after = end_session(session, reset, quiet=as_json)
+    if as_json:
+        emit_json({"device": session.info.as_dict(), "reset": reset, "after": after})
+    else:
+        out.print(f"filesystem erased; {after}")
 
 
 def device_romfs(role: Role, target: Target, *, reset: bool, show_progress: bool) -> bytes:

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ae3tools.board import BOOTLOADER_PID, USB_VID
-from ae3tools.cli.common import EXIT_INTERRUPTED, emit_json, err, out, plural, styled
+from ae3tools.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    emit_json,
+    envelope,
+    err,
+    out,
+    plural,
+    styled,
+)
 from ae3tools.cli.target import Target, shut
 from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
@@ -291,17 +300,22 @@ def flash_many(
     lost = run_log.lost if run_log is not None else 0
     report = {
         **bundle_fields,
-        "ok": all(r.ok for r in results) and not lost,
+        "virtual": bool(target.virtual),
         "cameras": [r.as_dict() for r in results],
         "flashed": sum(r.ok for r in results),
         "failed": sum(not r.ok for r in results),
         "seconds": round(time.monotonic() - started, 3),
         **({"log_lost": lost, "log_error": run_log.error} if run_log and lost else {}),
     }
+    failure = None
+    if report["failed"]:
+        failure = f"{report['failed']} of {plural(len(results), 'camera')} failed"
+    elif lost and run_log is not None:
+        failure = f"--log {run_log.path}: {plural(lost, 'record')} could not be written"
     if events is not None:
-        events.emit("report", **report)
+        events.emit("report", **envelope(report, failure))
     elif as_json:
-        emit_json(report)
+        emit_json(report, failure)
     else:
         if results and not station:
             out.print(results_table(results))
@@ -323,8 +337,8 @@ def flash_many(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
-    if not report["ok"]:
-        raise typer.Exit(1)
+    if failure is not None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _run_once(
@@ -412,7 +426,10 @@ def _run_station(
     if failure:
         raise failure[0]
     results = list(station.results)
-    shown.say(f"station stopped after {plural(len(results), 'camera')}")
+    failed = sum(not r.ok for r in results)
+    shown.say(
+        f"station stopped: {plural(len(results) - failed, 'camera')} flashed, {failed} failed"
+    )
     return results, False
 
 

@@ -10,12 +10,14 @@ from rich.text import Text
 
 from ae3tools.board import Role, partition_for_role
 from ae3tools.cli.common import (
+    EXIT_FAILED,
     STATUS_TEXT,
     ForceOption,
     JsonOption,
     app,
     emit_json,
     err,
+    failure_line,
     finding_rows,
     out,
     plural,
@@ -63,7 +65,7 @@ def report_json(report: BundleReport, trusted: TrustedKey | None = None) -> dict
     manifest = report.manifest
     return {
         "bundle": report.path,
-        "ok": report.ok,
+        "ok": report.ok,  # the envelope's, or an item's in `inspect`
         "signature": signature_json(report, trusted),
         "release": manifest.release.as_dict() if manifest else None,
         "created_by": manifest.created_by if manifest else None,
@@ -123,7 +125,7 @@ def show_bundle(path: Path, as_json: bool, trusted: TrustedKey | None = None) ->
 
     report = open_bundle(path, trusted)
     if as_json:
-        emit_json(report_json(report, trusted))
+        emit_json(report_json(report, trusted), failure_line(report.path, report.all_findings))
     else:
         print_report(report, trusted)
     return report
@@ -218,12 +220,15 @@ def bundle(
     )
     report = open_bundle(output)  # read back what was written, through the one reader
     if as_json:
-        emit_json({**report_json(report), "bundle_sha256": written.sha256, "size": written.size})
+        emit_json(
+            {**report_json(report), "bundle_sha256": written.sha256, "size": written.size},
+            failure_line(report.path, report.all_findings),
+        )
     else:
         print_report(report)
         out.print(f"wrote {output} ({written.size} bytes, sha256 {written.sha256})")
     if not report.ok:  # cannot happen unless the writer and reader disagree
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -248,7 +253,7 @@ def verify(
     if is_release_zip(bundle_path):
         show_release(bundle_path, as_json, trusted)
     elif not show_bundle(bundle_path, as_json, trusted).ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 # Members of a release zip named one by one in text output; --json lists them all.
@@ -272,12 +277,13 @@ def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
     release = read_release(path)
     problems = [f for a in release.artifacts.values() for f in a.findings]
     unsigned = trusted is not None
-    ok = not errors_in(problems) and not unsigned
+    failure = failure_line(str(path), problems)
+    if unsigned:
+        failure = f"{path}: not signed: --key needs a signed bundle"
     if as_json:
         emit_json(
             {
                 "bundle": str(path),
-                "ok": ok,
                 "source": release.as_dict(),
                 "images": [
                     {
@@ -288,8 +294,8 @@ def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
                     }
                     for role, a in release.artifacts.items()
                 ],
-                "error": "not signed: --key needs a signed bundle" if unsigned else None,
-            }
+            },
+            failure,
         )
     else:
         out.print(f"{path}: {release.description}")
@@ -307,8 +313,8 @@ def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
         )
         if unsigned:
             out.print(styled(f"{path}: not signed: --key needs a signed bundle", "red"))
-    if not ok:
-        raise typer.Exit(1)
+    if failure is not None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

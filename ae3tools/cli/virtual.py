@@ -34,7 +34,7 @@ def _set(directories: list[Path], plugged: bool, as_json: bool) -> None:
             raise UsageError(f"{directory}: {exc.strerror or exc}") from None
     state = "plugged in" if plugged else "unplugged"
     if as_json:
-        emit_json({"ok": True, "state": state, "cameras": [str(d) for d in directories]})
+        emit_json({"state": state, "cameras": [str(d) for d in directories]})
     else:
         for directory in directories:
             out.print(f"{directory}: {state}")

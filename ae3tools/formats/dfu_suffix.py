@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
-
-import crcmod.predefined
 
 from ae3tools.board import BOOTLOADER_PID, USB_VID
 from ae3tools.findings import Finding, error
@@ -14,8 +13,13 @@ SUFFIX_LENGTH = 16
 SIGNATURE = b"UFD"  # "DFU" stored little-endian
 ANY_ID = 0xFFFF  # the suffix's "matches any device" value
 
-# dfu-util's crc32 is the reflected CRC-32 without the final xor: JAMCRC.
-_jamcrc = crcmod.predefined.mkCrcFun("jamcrc")
+
+
+def _jamcrc(data: bytes) -> int:
+    """dfu-util's crc32: the reflected CRC-32 without its final xor (JAMCRC), which is
+    zlib's CRC-32 inverted."""
+    return zlib.crc32(data) ^ 0xFFFFFFFF
+
 
 # bcdDevice, idProduct, idVendor, bcdDFU, signature, bLength, dwCRC: all little-endian.
 _LAYOUT = struct.Struct("<HHHH3sBI")
