@@ -94,3 +94,88 @@ def test_json_progress_report_has_the_envelope(cli, tmp_path: Path, bundle: Path
     assert result.code == 1 and report["ok"] is False
     assert report["exit_code"] == 1 and "1 of 1 camera failed" in report["error"]
 
+
+
+# ------------------------------------------------------------------------------ help
+
+
+def _help_screens() -> list[list[str]]:
+    """Every group's and command's path, from the app itself (a new command is held to
+    these rules without being listed here)."""
+    import typer
+
+    from ae3tools.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(command, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_every_help_fits_80_columns_and_shows_an_example(cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    screens = _help_screens()
+    assert len(screens) == 20  # the app, 2 groups, 17 commands
+    for path in screens:
+        result = cli(*path, "--help")
+        assert result.code == 0, path
+        lines = result.out.splitlines()
+        assert all(len(line) <= 80 for line in lines), path
+        assert "…" not in result.out, (path, [line for line in lines if "…" in line])
+        assert "Example: ae3tools " in result.out, path
+        assert "{" not in lines[1], (path, lines[1])  # usage: BUNDLE, not typer's {BUNDLE}
+
+
+def test_every_option_names_what_it_takes() -> None:
+    """An explicit placeholder on every option and argument that takes a value, so help
+    reads the same whatever typer's version (no `<str>`, no lower-case names)."""
+    import typer
+
+    from ae3tools.cli import app
+
+    def walk(command, path: str) -> None:
+        for param in command.params:
+            if not getattr(param, "is_flag", False):
+                assert param.metavar, (path, param.name)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(typer.main.get_command(app), "ae3tools")
+
+
+def test_usage_hint_names_the_whole_command(cli) -> None:
+    result = cli("romfs", "build", ".")
+    assert result.code == 2 and "Missing option '--output'" in result.err
+    assert "Try 'ae3tools romfs build --help'." in result.err
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("ae3tools read r", ["romfs1", "romfs0", "rwfs"]),
+        ("ae3tools flash b.zip --only hp,r", ["hp,romfs1", "hp,romfs0"]),
+        ("ae3tools flash b.zip --virtual-mode app", ["app", "app-legacy", "app-4.7"]),
+        ("ae3tools romfs ls --device r", ["romfs1", "romfs0"]),
+    ],
+)
+def test_shell_completes_partitions_images_and_modes(words: str, expected: list[str]) -> None:
+    """Through the installed console script, as bash's completion calls it."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("ae3tools")
+    env = {
+        **os.environ,
+        "_AE3TOOLS_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == sorted(expected)

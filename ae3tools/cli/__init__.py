@@ -51,19 +51,16 @@ def _fail(
     sys.exit(code)
 
 
-def _quiet_flags(command: Any, parent: Any = None) -> None:
-    """Show flags as flags in help: no `<bool>` placeholder after --json or --help, which
-    reads as if a value were needed. The help option is made in a context chained like
-    the real one, so it keeps the app's names (-h and --help)."""
-    context = command.context_class(command, parent=parent, **command.context_settings)
-    for param in [*command.params, command.get_help_option(context)]:
-        if param is None or param.metavar is not None:
-            continue
-        # A flag takes no value; any other option or argument is named by what it holds,
-        # in capitals (FILE, SERIAL), instead of a type in angle brackets.
-        param.metavar = "" if getattr(param, "is_flag", False) else str(param.name).upper()
-    for sub in getattr(command, "commands", {}).values():
-        _quiet_flags(sub, context)
+def _command_path(command: Any, args: Sequence[str]) -> list[str]:
+    """The command names at the start of `args` (`romfs build`), for a usage hint."""
+    path: list[str] = []
+    for arg in args:
+        commands = getattr(command, "commands", None)
+        if not commands or arg not in commands:
+            break
+        path.append(arg)
+        command = commands[arg]
+    return path
 
 
 def _is_click_error(exc: BaseException) -> bool:
@@ -82,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     as_json = "--json" in args or _streaming
     try:
         command = typer.main.get_command(app)
-        _quiet_flags(command)
         result = command.main(args=args, prog_name="ae3tools", standalone_mode=False)
     except Ae3Error as exc:
         _fail(str(exc), exc.exit_code, hint=exc.hint, as_json=as_json, details=exc.details)
@@ -96,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             message = exc.format_message()  # type: ignore[attr-defined]
             if not message:  # no arguments: the help was shown, which says it all
                 sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-            subcommand = next((a for a in args if not a.startswith("-")), None)
-            hint = f"Try '{' '.join(filter(None, ['ae3tools', subcommand, '--help']))}'."
+            hint = f"Try '{' '.join(['ae3tools', *_command_path(command, args), '--help'])}'."
             _fail(message, exc.exit_code, hint=hint, as_json=as_json, details=None)  # type: ignore[attr-defined]
         if os.environ.get("AE3TOOLS_DEBUG"):
             raise

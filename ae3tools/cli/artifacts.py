@@ -12,9 +12,11 @@ from ae3tools.board import ROMFS_ROLES, Role, partition_for_role
 from ae3tools.cli.common import (
     EXIT_FAILED,
     STATUS_TEXT,
+    Ae3Typer,
     ForceOption,
     JsonOption,
     app,
+    completion,
     emit_json,
     emit_json_streaming,
     failure_line,
@@ -62,8 +64,10 @@ from ae3tools.formats.romfs import (
     text_name,
 )
 
-romfs_app = typer.Typer(
-    help="List, extract and build MicroPython ROMFS images.", no_args_is_help=True
+romfs_app = Ae3Typer(
+    help="List, extract and build MicroPython ROMFS images.\n\n"
+    "Example: ae3tools romfs build app/ -o romfs0.img --partition romfs0\n\n"
+    "Example: ae3tools romfs ls romfs0.img"
 )
 app.add_typer(romfs_app, name="romfs")
 
@@ -95,12 +99,17 @@ def romfs_partition(name: str | None, option: str = "--partition") -> Role | Non
     return role
 
 
+complete_romfs = completion([role.value for role in ROMFS_ROLES])
+
+
 # ----------------------------------------------------------------------------- keygen
 
 
 @app.command()
 def keygen(
-    output: Path = typer.Option(Path("key.bin"), "--output", "-o", help="Where to write the key."),
+    output: Path = typer.Option(
+        Path("key.bin"), "--output", "-o", metavar="FILE", help="Where to write the key."
+    ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -238,12 +247,14 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
 
 @romfs_app.command("ls")
 def romfs_ls(
-    image: Path | None = typer.Argument(None, help="ROMFS image file (or use --device)."),
+    image: Path | None = typer.Argument(
+        None, metavar="IMAGE", help="ROMFS image file (or use --device)."
+    ),
     device: str | None = typer.Option(
         None,
         "--device",
-        "-D",
         metavar="romfs0|romfs1",
+        autocompletion=complete_romfs,
         help="List the ROMFS in this partition of the camera instead of a file; only the "
         "blocks the image spans are read.",
     ),
@@ -252,6 +263,7 @@ def romfs_ls(
         "--partition",
         "-P",
         metavar="romfs0|romfs1",
+        autocompletion=complete_romfs,
         help="Check the image fits this partition.",
     ),
     align: list[str] = typer.Option(
@@ -319,8 +331,10 @@ def romfs_ls(
 
 @romfs_app.command("extract")
 def romfs_extract(
-    image: Path = typer.Argument(..., help="ROMFS image file."),
-    dest: Path = typer.Argument(..., help="Directory to write the files into (created if needed)."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="ROMFS image file."),
+    dest: Path = typer.Argument(
+        ..., metavar="DIR", help="Directory to write the files into (created if needed)."
+    ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -366,13 +380,16 @@ LEFT_OUT_SHOWN = 10
 
 @romfs_app.command("build")
 def romfs_build(
-    source: Path = typer.Argument(..., help="Directory tree to pack."),
-    output: Path = typer.Option(..., "--output", "-o", help="Image file to write."),
+    source: Path = typer.Argument(..., metavar="DIR", help="Directory tree to pack."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="IMAGE", help="Image file to write (required)."
+    ),
     partition: str | None = typer.Option(
         None,
         "--partition",
         "-P",
         metavar="romfs0|romfs1",
+        autocompletion=complete_romfs,
         help="Refuse an image that does not fit this partition.",
     ),
     align: list[str] = typer.Option(
@@ -510,7 +527,9 @@ def _load_or_report(path: Path) -> Artifact:
 
 @app.command()
 def inspect(
-    files: list[Path] = typer.Argument(..., help="Files to check: .bin, .img, .hex, .dfu, key."),
+    files: list[Path] = typer.Argument(
+        ..., metavar="FILE...", help="Files to check: .bin, .img, .hex, .dfu, key, bundles."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Recognise and validate release artifacts: firmware, ROMFS images, recovery key.

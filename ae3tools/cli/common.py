@@ -6,12 +6,13 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand
 
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity, UsageError
@@ -52,18 +53,66 @@ err = LiteralConsole(
     stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH
 )
 
-app = typer.Typer(
-    help="Build, check, bundle and flash OpenMV AE3 firmware artifacts.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+class Ae3Command(TyperCommand):
+    """A command whose usage line names its arguments as their help does (`BUNDLE`,
+    `[IMAGE]`, `FILE...`), not in typer's braces (`{BUNDLE}`)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or str(param.name).upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class Ae3Typer(typer.Typer):
+    """ae3tools' command groups: every command an Ae3Command, help as the app's."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(
+            no_args_is_help=True,
+            pretty_exceptions_enable=False,
+            rich_markup_mode="markdown",
+            context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+            **settings,
+        )
+
+    def command(self, name: str | None = None, **settings: Any) -> Callable[[_Command], _Command]:
+        return super().command(name, cls=Ae3Command, **settings)
+
+
+app = Ae3Typer(
+    help="""Build, check, bundle and flash OpenMV AE3 firmware artifacts.
+
+    Exit status: 0 all well (warnings allowed), 1 a check or the camera failed, 2 a
+    usage error (a bad option, a missing input, an output that exists), 3 an internal
+    error (a bug), 130 interrupted. No camera at hand? Add `--virtual DIR` to a device
+    command to rehearse on a virtual AE3 whose memory lives in DIR.
+
+    Example: ae3tools flash firmware_v5.0.0.zip
+
+    Example: ae3tools flash firmware_v5.0.0.zip --virtual my-cam
+    """
 )
 
 JsonOption = typer.Option(
     False, "--json", help="Print the result (or the error) as one JSON object on stdout."
 )
 ForceOption = typer.Option(False, "--force", "-f", help="Overwrite an existing output file.")
+
+
+def completion(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """Shell completion of an option that takes one of `choices`."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [choice for choice in choices if choice.startswith(incomplete.lower())]
+
+    return complete
 
 
 def plural(count: int, one: str, many: str | None = None) -> str:
@@ -83,11 +132,7 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """Build, check, bundle and flash OpenMV AE3 firmware artifacts.
-
-    Exit status: 0 all well (warnings allowed), 1 a check or the camera failed,
-    2 a usage error (a bad option, a missing input, an output that exists).
-    """
+    """The options before any command."""
 
 
 # ----------------------------------------------------------------------------- values

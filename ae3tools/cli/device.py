@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ae3tools.board import PARTITIONS, Memory, Role, partition_by_name, partition_for_role
+from ae3tools.board import (
+    FLASH_ORDER,
+    PARTITIONS,
+    Memory,
+    Role,
+    partition_by_name,
+    partition_for_role,
+)
 from ae3tools.cli.common import (
     EXIT_FAILED,
     ForceOption,
     JsonOption,
     app,
+    completion,
     emit_json,
     err,
     out,
@@ -27,6 +35,7 @@ from ae3tools.cli.common import (
 )
 from ae3tools.cli.release import KeyOption
 from ae3tools.cli.target import (
+    NO_CAMERA_HINT,
     ProgressBars,
     ResetOption,
     Target,
@@ -49,7 +58,31 @@ if TYPE_CHECKING:
 
 RECOVERY_TIMEOUT = RECOVERY_TIMEOUT_MS / 1000  # seconds (spec §7: four chip erases)
 
-OnlyOption = typer.Option(None, "--only", help="Only these images: hp,he,romfs1,romfs0.")
+
+def _complete_images(incomplete: str) -> list[str]:
+    """--only's completion: the image after the last comma."""
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    taken = set(done.lower().split(","))
+    names = [r.value for r in FLASH_ORDER if r.value not in taken]
+    return [prefix + name for name in names if name.startswith(last.lower())]
+
+
+OnlyOption = typer.Option(
+    None,
+    "--only",
+    metavar="IMAGES",
+    autocompletion=_complete_images,
+    help="Only these images, comma-separated: hp, he, romfs1, romfs0 (e.g. hp,he).",
+)
+BundleArgument = typer.Argument(
+    ...,
+    metavar="BUNDLE",
+    help="Release bundle made by `ae3tools bundle`, or an OpenMV release zip as "
+    "downloaded (firmware_v5.0.0.zip, firmware_OPENMV_AE3.zip).",
+)
+MANY_PANEL = "Many cameras"
+SAFETY_PANEL = "Refusals and their overrides"
 
 
 def _table(columns: Sequence[str], right: Sequence[str] = ()) -> Table:
@@ -116,11 +149,7 @@ def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
 @app.command()
 @device_command()
 def flash(
-    bundle: Path = typer.Argument(
-        ...,
-        help="Release bundle made by `ae3tools bundle`, or an OpenMV release zip "
-        "(firmware_v5.0.0.zip, firmware_OPENMV_AE3.zip).",
-    ),
+    bundle: Path = BundleArgument,
     only: str | None = OnlyOption,
     full: bool = typer.Option(
         False,
@@ -138,40 +167,51 @@ def flash(
     replace_ota_layout: bool = typer.Option(
         False,
         "--replace-ota-layout",
+        rich_help_panel=SAFETY_PANEL,
         help="Write a plain ROMFS0 even over openmv-ota's A/B layout on the camera "
         "(refused otherwise: the camera would keep booting the old application).",
     ),
     allow_downgrade: bool = typer.Option(
         False,
         "--allow-downgrade",
+        rich_help_panel=SAFETY_PANEL,
         help="Flash a bundle whose HP firmware is older than the release the running camera "
         "reports (refused otherwise).",
     ),
     every: bool = typer.Option(
         False,
         "--all",
+        rich_help_panel=MANY_PANEL,
         help="Flash every attached AE3 at once, one worker per camera (bootloaders and "
         "running cameras).",
     ),
     station: bool = typer.Option(
         False,
         "--station",
+        rich_help_panel=MANY_PANEL,
         help="Production line: flash each AE3 as it is plugged in, until Ctrl-C; a camera "
         "is flashed again only after it is re-plugged.",
     ),
     count: int | None = typer.Option(
-        None, "--count", min=1, metavar="N", help="With --station: stop after N cameras."
+        None,
+        "--count",
+        min=1,
+        metavar="N",
+        rich_help_panel=MANY_PANEL,
+        help="With --station: stop after N cameras.",
     ),
     log: Path | None = typer.Option(
         None,
         "--log",
         metavar="FILE",
+        rich_help_panel=MANY_PANEL,
         help="Append one JSON line per camera to FILE (serial, bundle sha256, versions, "
         "per-image result, time, error).",
     ),
     json_progress: bool = typer.Option(
         False,
         "--json-progress",
+        rich_help_panel=MANY_PANEL,
         help="Stream JSON events on stdout, one per line (camera, step, bytes done, result), "
         "ending with the report.",
     ),
@@ -342,9 +382,7 @@ def flash(
 @app.command()
 @device_command(omit=("plug_delay",))
 def check(
-    bundle: Path = typer.Argument(
-        ..., help="Release bundle made by `ae3tools bundle`, or an OpenMV release zip."
-    ),
+    bundle: Path = BundleArgument,
     only: str | None = OnlyOption,
     reset: bool = ResetOption,
     as_json: bool = JsonOption,
@@ -408,9 +446,14 @@ READABLE = tuple(p.name.lower() for p in PARTITIONS if p.memory is not Memory.RE
 @device_command(omit=("plug_delay",))
 def read(
     partition_name: str = typer.Argument(
-        ..., metavar="PARTITION", help=f"Which partition: {', '.join(READABLE)}."
+        ...,
+        metavar="PARTITION",
+        autocompletion=completion(READABLE),
+        help=f"Which partition: {', '.join(READABLE)}.",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="File to write the dump to."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="FILE", help="File to write the dump to (required)."
+    ),
     length: str | None = typer.Option(
         None,
         "--length",
@@ -549,7 +592,7 @@ def devices(
     if not rows:
         out.print(
             "no AE3 found (no bootloader on USB, no running camera on a serial port; a "
-            "bootloader listens ~1.5 s after power-up)"
+            "bootloader listens ~1.5 s after power-up)" + ("" if target.virtual else NO_CAMERA_HINT)
         )
         return
     table = _table(("state", "serial", "where", "firmware", "bootloader", "alt settings"))
@@ -574,10 +617,16 @@ def devices(
 )}, omit=("plug_delay",))  # fmt: skip
 def recover_command(
     key: Path | None = typer.Option(
-        None, "--key", help="Recovery key file (default: the AE3 key, made in memory)."
+        None,
+        "--key",
+        metavar="KEY.bin",
+        help="Recovery key file (default: the AE3 key, made in memory).",
     ),
     bundle: Path | None = typer.Option(
-        None, "--bundle", help="Re-flash ROMFS0 from this bundle after the recovery."
+        None,
+        "--bundle",
+        metavar="BUNDLE",
+        help="Re-flash ROMFS0 from this bundle (or release zip) after the recovery.",
     ),
     yes: bool = YesOption,
     reset: bool = ResetOption,

@@ -146,31 +146,43 @@ def _alt(role: Role) -> str:
 
 @app.command()
 def bundle(
-    hp: Path | None = typer.Option(None, "--hp", help=f"HP core firmware ({_alt(Role.HP)})."),
-    he: Path | None = typer.Option(None, "--he", help=f"HE core firmware ({_alt(Role.HE)})."),
+    hp: Path | None = typer.Option(
+        None, "--hp", metavar="FILE", help=f"HP core firmware ({_alt(Role.HP)})."
+    ),
+    he: Path | None = typer.Option(
+        None, "--he", metavar="FILE", help=f"HE core firmware ({_alt(Role.HE)})."
+    ),
     romfs1: Path | None = typer.Option(
-        None, "--romfs1", help=f"HE core ROMFS image ({_alt(Role.ROMFS1)})."
+        None, "--romfs1", metavar="FILE", help=f"HE core ROMFS image ({_alt(Role.ROMFS1)})."
     ),
     romfs0: Path | None = typer.Option(
-        None, "--romfs0", help=f"HP core ROMFS image ({_alt(Role.ROMFS0)})."
+        None, "--romfs0", metavar="FILE", help=f"HP core ROMFS image ({_alt(Role.ROMFS0)})."
     ),
     from_dir: Path | None = typer.Option(
         None,
         "--from",
-        help="Build directory with OpenMV's usual file names, or an OpenMV release zip "
-        "(firmware_v5.0.0.zip, firmware_OPENMV_AE3.zip).",
+        metavar="DIR|ZIP",
+        help="A directory holding the images under OpenMV's names (firmware_M55_HP.bin, "
+        "firmware_M55_HE.bin, romfs1.img, romfs0.img: what a firmware build or an "
+        "unzipped release leaves), or an OpenMV release zip as downloaded.",
     ),
-    output: Path = typer.Option(Path("bundle.zip"), "--output", "-o", help="Bundle to write."),
+    output: Path = typer.Option(
+        Path("bundle.zip"), "--output", "-o", metavar="FILE", help="Bundle to write."
+    ),
     release_version: str | None = typer.Option(
         None, "--release", metavar="VERSION", help="Release version to record, e.g. v4.7.0."
     ),
     build_date: str | None = typer.Option(
         None,
         "--build-date",
-        help="Build date to record; 'now' reads the clock (or SOURCE_DATE_EPOCH).",
+        metavar="DATE",
+        help="Build date to record, as text: ISO 8601 is best (2026-12-05 or "
+        "2026-12-05T10:00:00+00:00); 'now' writes the clock's (or SOURCE_DATE_EPOCH's).",
     ),
-    git_revision: str | None = typer.Option(None, "--git-revision", help="Git revision to record."),
-    notes: str | None = typer.Option(None, "--notes", help="Free text to record."),
+    git_revision: str | None = typer.Option(
+        None, "--git-revision", metavar="REV", help="Git revision to record."
+    ),
+    notes: str | None = typer.Option(None, "--notes", metavar="TEXT", help="Free text to record."),
     partial: bool = typer.Option(
         False, "--partial", help="Allow a bundle with fewer than the four images (recorded)."
     ),
@@ -320,7 +332,11 @@ def show_release(path: Path, as_json: bool, trusted: TrustedKey | None) -> None:
 @app.command()
 def keypair(
     output: Path = typer.Option(
-        Path("release.pem"), "--output", "-o", help="Private key to write (mode 0600)."
+        Path("release.pem"),
+        "--output",
+        "-o",
+        metavar="KEY.pem",
+        help="Private key to write (mode 0600); the public key goes beside it, KEY.pub.pem.",
     ),
     force: bool = ForceOption,
     as_json: bool = JsonOption,

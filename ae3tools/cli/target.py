@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ae3tools.board import BOOTLOADER_PID, USB_VID
-from ae3tools.cli.common import err
+from ae3tools.cli.common import completion, err
 from ae3tools.dfu.protocol import DEFAULT_TIMEOUT_MS, LATEST_BOOTLOADER
 from ae3tools.findings import DeviceError, UsageError
 
@@ -29,52 +29,71 @@ if TYPE_CHECKING:
     from ae3tools.dfu.flash import FlashFailed
 
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
+NO_CAMERA_HINT = " (no camera at hand? add --virtual DIR to rehearse on a virtual AE3)"
+
+# Help panels: the options that pick a camera, and the virtual camera's, apart from
+# what each command does.
+CAMERA_PANEL = "Which camera"
+VIRTUAL_PANEL = "Virtual camera (rehearse without an AE3)"
+
 
 VirtualOption = typer.Option(
     [],
     "--virtual",
     envvar="AE3TOOLS_VIRTUAL",
     metavar="DIR",
+    rich_help_panel=VIRTUAL_PANEL,
     help="Use a virtual AE3 whose memory lives in DIR (one file per partition), "
     "instead of USB. Repeat for several cameras on one bus, each with a serial of its "
-    "own. Also AE3TOOLS_VIRTUAL (several DIRs separated by the path separator, : or ;).",
+    "own. Several DIRs in AE3TOOLS_VIRTUAL are separated by : (; on Windows).",
 )
 TimingOption = typer.Option(
     "realistic",
     "--virtual-timing",
     envvar="AE3TOOLS_VIRTUAL_TIMING",
-    help="Virtual AE3 costs: 'realistic' (1.5 s listen window, flash times) or 'zero', "
-    "optionally with overrides: realistic:nor_sector_erase=0.045:listen_window=none.",
+    metavar="TIMING",
+    rich_help_panel=VIRTUAL_PANEL,
+    autocompletion=completion(("realistic", "zero")),
+    help="'realistic' (1.5 s listen window, flash times) or 'zero' (free), with "
+    "overrides if wanted: realistic:listen_window=none.",
 )
 FaultOption = typer.Option(
     [],
     "--fault",
     envvar="AE3TOOLS_VIRTUAL_FAULTS",
-    help="Inject a virtual AE3 fault (repeatable, or comma-separated), e.g. "
-    "status:alt=HP:block=3:status=errWRITE, vanish:alt=ROMFS0:block=10, "
-    "stall:alt=HE:block=0, hang:alt=HP:block=5, slow:alt=HP:block=1:seconds=2.",
+    metavar="FAULT",
+    rich_help_panel=VIRTUAL_PANEL,
+    help="Inject a fault, once (repeatable): status:alt=HP:block=3:status=errWRITE, "
+    "vanish:alt=ROMFS0:block=10, stall:alt=HE:block=0, hang:alt=HP:block=5, "
+    "slow:alt=HP:block=1:seconds=2, busy-open (the first opens fail), app:mute ... "
+    "(the README lists them all).",
 )
+VIRTUAL_MODES = ("bootloader", "app", "app-legacy", "app-4.7")
 VirtualModeOption = typer.Option(
     "bootloader",
     "--virtual-mode",
     envvar="AE3TOOLS_VIRTUAL_MODE",
     metavar="MODE",
-    help="How the virtual AE3 starts: 'bootloader' (plugged in during its listen window), "
-    "or running its application: 'app' (v5, protocol V2), 'app-legacy' (v4.8, usbdbg), "
-    "'app-4.7' (v4.7.0, usbdbg).",
+    rich_help_panel=VIRTUAL_PANEL,
+    autocompletion=completion(VIRTUAL_MODES),
+    help="How it starts: 'bootloader' (plugged in during its listen window), or running "
+    "'app' (v5, protocol V2), 'app-legacy' (v4.8, usbdbg), 'app-4.7' (v4.7.0, usbdbg).",
 )
 VirtualBootloaderOption = typer.Option(
     LATEST_BOOTLOADER.name,
     "--virtual-bootloader",
     envvar="AE3TOOLS_VIRTUAL_BOOTLOADER",
     metavar="VERSION",
-    help="The virtual AE3's bootloader: 1.0.3 (v5.0.0), 1.0.2 (v4.8.1), 1.0.1, or 1.0.0 "
-    "(also 'legacy': v4.7.0/v4.8.0, no boot header, DETACH does not leave).",
+    rich_help_panel=VIRTUAL_PANEL,
+    autocompletion=completion(("1.0.3", "1.0.2", "1.0.1", "1.0.0", "legacy")),
+    help="Its bootloader: 1.0.3 (v5.0.0), 1.0.2 (v4.8.1), 1.0.1, or 1.0.0 (also "
+    "'legacy': v4.7.0 and v4.8.0, no boot header, DETACH does not leave).",
 )
 PortOption = typer.Option(
     None,
     "--port",
     metavar="PORT",
+    rich_help_panel=CAMERA_PANEL,
     help="The running camera's serial port (/dev/ttyACM0, COM5; any tty path works).",
 )
 PlugDelayOption = typer.Option(
@@ -82,40 +101,54 @@ PlugDelayOption = typer.Option(
     "--virtual-plug-delay",
     envvar="AE3TOOLS_VIRTUAL_PLUG_DELAY",
     hidden=True,
+    metavar="SECONDS",
     help="Seconds before the virtual AE3 appears (to rehearse --wait).",
 )
 SerialOption = typer.Option(
     [],
     "--serial",
     "-S",
-    help="Use the camera with this USB serial (the bootloader's 24 digits, or the running "
-    "camera's 16). `flash` takes it repeated, for several cameras.",
+    metavar="SERIAL",
+    rich_help_panel=CAMERA_PANEL,
+    help="The camera with this USB serial (its bootloader's 24 digits, or the running "
+    "camera's 16), as dfu-util -S. `flash` takes it repeated, for several cameras.",
 )
 PathOption = typer.Option(
     [],
     "--path",
     "-p",
-    help="Use the bootloader at this bus-port path, as dfu-util -p: 1-2.4. `flash` takes "
-    "it repeated.",
+    metavar="PATH",
+    rich_help_panel=CAMERA_PANEL,
+    help="The bootloader at this bus-port path, as dfu-util -p: 1-2.4. `flash` takes it repeated.",
 )
 WaitOption = typer.Option(
     True,
     "--wait/--no-wait",
-    help="Wait for a camera to appear (plugged in, or reset: a bootloader listens ~1.5 s).",
+    rich_help_panel=CAMERA_PANEL,
+    help="When no camera is attached, wait up to --wait-timeout for one to be plugged in "
+    "(or reset: its bootloader listens ~1.5 s); --no-wait fails at once.",
 )
 WaitTimeoutOption = typer.Option(
-    30.0, "--wait-timeout", metavar="SECONDS", help="Seconds to wait for a camera."
+    30.0,
+    "--wait-timeout",
+    metavar="SECONDS",
+    rich_help_panel=CAMERA_PANEL,
+    help="Seconds to wait for a camera to be plugged in; also the wait for a running "
+    "camera's bootloader to come up after the reboot (at most 10 s).",
 )
 TimeoutOption = typer.Option(
     DEFAULT_TIMEOUT,
     "--timeout",
     metavar="SECONDS",
+    rich_help_panel=CAMERA_PANEL,
     help="USB control transfer timeout in seconds.",
 )
 ResetOption = typer.Option(
     True, "--reset/--no-reset", help="DETACH and reset at the end so the camera boots."
 )
-YesOption = typer.Option(False, "--yes", "-y", help="Confirm the destructive operation.")
+YesOption = typer.Option(
+    False, "--yes", "-y", help="Confirm the destructive operation (no question asked)."
+)
 
 
 # The options every device command shares: parameter name -> (type, option, Target field).
@@ -314,9 +347,11 @@ def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
             err.print(text)
 
     def waiting() -> None:
+        rehearse = "" if target.virtual else NO_CAMERA_HINT
         say(
-            f"waiting for an AE3 ({USB_VID:04x}:{BOOTLOADER_PID:04x} bootloader, or a running "
-            "camera): plug it in or press its reset button..."
+            f"waiting up to {target.wait_timeout:g} s for an AE3 ({USB_VID:04x}:"
+            f"{BOOTLOADER_PID:04x} bootloader, or a running camera): plug it in or press its "
+            f"reset button...{rehearse}"
         )
 
     backend = target.backend()

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import typer
 
-from ae3tools.cli.common import JsonOption, app, emit_json, out
+from ae3tools.cli.common import Ae3Typer, JsonOption, app, emit_json, out
 from ae3tools.findings import UsageError
 
-virtual_app = typer.Typer(
-    help="Rehearse with virtual cameras: pull a cable, plug it back in.",
-    no_args_is_help=True,
+virtual_app = Ae3Typer(
+    help="Rehearse with virtual cameras: pull a cable, plug it back in.\n\n"
+    "A virtual camera is a directory given to --virtual; these commands act on one that "
+    "a station (`flash --station --virtual DIR ...`) runs in another terminal.\n\n"
+    "Example: ae3tools virtual unplug cams/a"
 )
 app.add_typer(virtual_app, name="virtual")
 

@@ -14,7 +14,6 @@ SIGNATURE = b"UFD"  # "DFU" stored little-endian
 ANY_ID = 0xFFFF  # the suffix's "matches any device" value
 
 
-
 def _jamcrc(data: bytes) -> int:
     """dfu-util's crc32: the reflected CRC-32 without its final xor (JAMCRC), which is
     zlib's CRC-32 inverted."""
