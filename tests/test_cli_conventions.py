@@ -179,3 +179,49 @@ def test_shell_completes_partitions_images_and_modes(words: str, expected: list[
     result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == sorted(expected)
+
+
+# ------------------------------------------------------------------ progress in a log
+
+
+def test_plain_progress_lines_at_a_sensible_rate() -> None:
+    """A 200 s transfer: a line at 0, each 10 %, and every 10 s through a slow stretch;
+    never two lines in a second but for the last."""
+    from ae3tools.cli.progress import PlainProgress
+
+    lines: list[str] = []
+    now = [0.0]
+    progress = PlainProgress(lines.append, "cam: ", clock=lambda: now[0])
+    total = 1000 * 4096
+    progress.begin("write ROMFS0", total)
+    for block in range(1, 1001):
+        now[0] += 0.2 if block < 500 else 0.01  # 100 s for half, then 5 s for the rest
+        if 300 <= block < 400:
+            now[0] += 0.3  # a slow stretch
+        progress.advance(block * 4096)
+    assert lines[0] == "cam: write ROMFS0: 0% (0 of 4096000 bytes)"
+    assert lines[-1] == "cam: write ROMFS0: 100% (4096000 of 4096000 bytes)"
+    percents = [int(line.split(": ")[2].split("%")[0]) for line in lines]
+    assert percents == sorted(percents) and len(lines) <= 20
+    assert {10, 20, 30, 40} <= set(percents)  # every step while slow enough
+    assert 5 <= sum(50 <= p < 100 for p in percents) <= 6  # 5 s: a line a second at most
+
+
+def test_piped_flash_prints_progress_lines(tmp_path: Path, bundle: Path) -> None:
+    """stderr not a terminal (a CI job): plain lines, each transfer's start and end."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("ae3tools")
+    env = {**os.environ, "AE3TOOLS_VIRTUAL_TIMING": "zero"}
+    run = subprocess.run(
+        [script, "flash", bundle, "--virtual", tmp_path / "cam"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    for role in ("HP", "HE", "ROMFS1", "ROMFS0"):
+        assert any(line.startswith(f"update {role}: 0% (0 of ") for line in lines), lines
+        assert any(line.startswith(f"verify {role}: 100% (") for line in lines), lines
+    assert not any("━" in line for line in lines)  # no bar drawn into the log

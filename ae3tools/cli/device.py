@@ -33,10 +33,10 @@ from ae3tools.cli.common import (
     parse_size,
     styled,
 )
+from ae3tools.cli.progress import ProgressBars
 from ae3tools.cli.release import KeyOption
 from ae3tools.cli.target import (
     NO_CAMERA_HINT,
-    ProgressBars,
     ResetOption,
     Target,
     YesOption,

@@ -31,13 +31,12 @@ from ae3tools.cli.common import (
     plural,
     styled,
 )
+from ae3tools.cli.progress import CameraRows
 from ae3tools.cli.target import Target, shut
 from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     from ae3tools.device.discovery import AttachedCamera, Selector
     from ae3tools.device.fleet import CameraResult, FlashJob, Station, Worker
     from ae3tools.dfu.builder import FlashObserver
@@ -87,63 +86,6 @@ class _JsonProgress:
             self.stream.emit(
                 "progress", camera=self.camera, step=self.step, done=done, total=self.total
             )
-
-    def end(self) -> None:
-        pass
-
-
-class CameraRows:
-    """A rich progress line per camera while it is flashed, on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress: Progress = Progress(
-            TextColumn("{task.description:<42}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            console=err,
-            disable=not enabled,
-        )
-        self.rows: dict[str, TaskID] = {}
-
-    def __enter__(self) -> CameraRows:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def observer(self, camera: AttachedCamera) -> FlashObserver:
-        task = self.progress.add_task(f"{camera.label} reaching", total=None)
-        self.rows[camera.label] = task
-        return _Row(self.progress, task, camera.label)
-
-    def done(self, result: CameraResult) -> None:
-        task = self.rows.pop(result.camera.label, None)
-        if task is not None:
-            self.progress.remove_task(task)
-        self.progress.console.print(result_line(result), soft_wrap=True)
-
-
-class _Row:
-    def __init__(self, progress: Progress, task: TaskID, camera: str) -> None:
-        self.progress, self.task, self.camera = progress, task, camera
-
-    def begin(self, label: str, total: int) -> None:
-        self.progress.update(
-            self.task, description=f"{self.camera} {label}", total=total, completed=0
-        )
-
-    def advance(self, done: int) -> None:
-        self.progress.update(self.task, completed=done)
 
     def end(self) -> None:
         pass
@@ -226,7 +168,7 @@ class Presenter:
 
     def __init__(self, rows: CameraRows, events: EventStream | None, log: RunLog | None):
         self.rows, self.events, self.log = rows, events, log
-        self.show = rows.progress.disable is False and events is None
+        self.show = rows.enabled and events is None
 
     def observer_for(self, camera: AttachedCamera) -> FlashObserver | None:
         if self.events is not None:
@@ -243,11 +185,11 @@ class Presenter:
         if self.events is not None:
             self.events.emit("result", **result.as_dict())
         elif self.show:
-            self.rows.done(result)
+            self.rows.done(result.camera.label, result_line(result))
 
     def say(self, text: str) -> None:
         if self.show:
-            err.print(text, soft_wrap=True)
+            self.rows.say(text)
 
 
 def flash_many(

@@ -349,9 +349,9 @@ def session_for(target: Target, *, quiet: bool = False) -> Iterator[Session]:
     def waiting() -> None:
         rehearse = "" if target.virtual else NO_CAMERA_HINT
         say(
-            f"waiting up to {target.wait_timeout:g} s for an AE3 ({USB_VID:04x}:"
-            f"{BOOTLOADER_PID:04x} bootloader, or a running camera): plug it in or press its "
-            f"reset button...{rehearse}"
+            f"waiting for an AE3 ({USB_VID:04x}:{BOOTLOADER_PID:04x} bootloader, or a running "
+            f"camera), up to {target.wait_timeout:g} s: plug it in or press its reset "
+            f"button...{rehearse}"
         )
 
     backend = target.backend()
@@ -380,48 +380,6 @@ def end_session(session: Session, reset: bool, *, quiet: bool = False) -> str:
 
 def _quiet(_: str) -> None:
     pass
-
-
-class ProgressBars:
-    """A FlashObserver drawing one rich progress bar per transfer, on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description:<16}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=not enabled,
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> ProgressBars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def begin(self, label: str, total: int) -> None:
-        self.task = self.progress.add_task(label, total=total)
-
-    def advance(self, done: int) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=done)
-
-    def end(self) -> None:
-        self.task = None
 
 
 def resume_hint(exc: FlashFailed, command: list[str], target: Target) -> str:
