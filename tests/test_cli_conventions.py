@@ -225,3 +225,49 @@ def test_piped_flash_prints_progress_lines(tmp_path: Path, bundle: Path) -> None
         assert any(line.startswith(f"update {role}: 0% (0 of ") for line in lines), lines
         assert any(line.startswith(f"verify {role}: 100% (") for line in lines), lines
     assert not any("━" in line for line in lines)  # no bar drawn into the log
+
+
+# ------------------------------------------------------------------ narrow terminals
+
+
+def _run_at(columns: int, *args: object) -> str:
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("ae3tools")
+    env = {**os.environ, "COLUMNS": str(columns), "AE3TOOLS_VIRTUAL_TIMING": "zero"}
+    run = subprocess.run(
+        [script, *map(str, args)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_tables_never_cut_serials_paths_or_hashes(
+    tmp_path: Path, bundle: Path, columns: int
+) -> None:
+    """At any width each identifier is whole on one line: a table while it fits, a
+    list of `column: value` lines when it does not."""
+    from ae3tools.release.bundle import open_bundle
+    from ae3tools.virtual.bootloader import virtual_serial
+
+    cams = [tmp_path / "camera-a", tmp_path / "camera-b"]
+    listing = _run_at(columns, "devices", "--virtual", cams[0], "--virtual", cams[1])
+    flashed = _run_at(columns, "flash", bundle, "--all", "--virtual", cams[0], "--virtual", cams[1])
+    verified = _run_at(columns, "verify", bundle)
+    deep = tmp_path / "a-directory-with-a-long-name" / "and-another-one-below-it"
+    deep.mkdir(parents=True)
+    firmware = deep / "firmware_M55_HP.bin"
+    firmware.write_bytes((FIXTURES / "good" / "firmware_M55_HP.bin").read_bytes())
+    inspected = _run_at(columns, "inspect", firmware)
+    for text in (listing, flashed, verified, inspected):
+        assert "…" not in text
+    for cam in cams:
+        serial = virtual_serial(cam)
+        assert any(serial in line for line in listing.splitlines()), listing
+    for image in open_bundle(bundle).images:
+        assert image.entry.sha256[:16] in verified
+    assert any(str(firmware) in line for line in inspected.splitlines()), inspected
+    assert "2 of 2 cameras flashed and verified" in flashed

@@ -23,10 +23,12 @@ from ae3tools.cli.common import (
     finding_rows,
     json_scalar,
     json_string,
+    new_table,
     out,
     plural,
     print_columns,
     print_findings,
+    print_table,
 )
 from ae3tools.cli.target import (
     PathOption,
@@ -579,11 +581,9 @@ def inspect(
         for report in reports:
             print_report(report)
     if artifacts and not as_json:
-        from rich.table import Table
-
-        table = Table()
-        for column in ("file", "what", "alt", "size", "use", "container", "status"):
-            table.add_column(column, justify="right" if column in ("size", "use") else "left")
+        table = new_table(
+            ("file", "what", "alt", "size", "use", "container", "status"), right=("size", "use")
+        )
         for a in artifacts:
             p = a.partition
             table.add_row(
@@ -595,7 +595,7 @@ def inspect(
                 a.container,
                 STATUS_TEXT[a.status],
             )
-        out.print(table)
+        print_table(table)
         for a in artifacts:
             print_findings(
                 [f for f in a.findings if f.severity is not Severity.INFO], f"{a.source}: "

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.table import Table
 from typer.core import TyperCommand
 
 from ae3tools import __version__
@@ -46,12 +50,17 @@ class LiteralConsole(Console):
         return super().render_str(printable(text), emoji=False, **kwargs)
 
 
-# Piped output is read by people in CI logs and by grep: do not wrap it at 80 columns.
+# Piped output is read by people in CI logs and by grep: do not wrap it at 80 columns,
+# unless COLUMNS says how wide.
 _PIPE_WIDTH = 160
-out = LiteralConsole(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-err = LiteralConsole(
-    stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH
-)
+
+
+def _width(stream: Any) -> int | None:
+    return None if stream.isatty() or os.environ.get("COLUMNS") else _PIPE_WIDTH
+
+
+out = LiteralConsole(highlight=False, width=_width(sys.stdout))
+err = LiteralConsole(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -243,6 +252,41 @@ _STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim
 def print_findings(findings: Sequence[Finding], prefix: str = "") -> None:
     for finding in findings:
         out.print(f"{prefix}{finding}", style=_STYLE[finding.severity], soft_wrap=True)
+
+
+def new_table(columns: Sequence[str], right: Sequence[str] = (), title: str = "") -> Table:
+    """A rich table whose cells are never cut with "…": a cell too wide folds."""
+    from rich.table import Table
+
+    table = Table(title=printable(title) or None, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", overflow="fold")
+    return table
+
+
+def print_table(table: Table, console: Console = out) -> None:
+    """Print `table`; on a terminal too narrow for its identifiers (serials, paths,
+    hashes: words a table cannot break), each row as a block of `column: value` lines
+    instead, so a serial that --serial needs is shown whole, on one line."""
+    from rich.measure import Measurement
+
+    options = console.options
+    columns = table.columns
+    for column in columns:  # as wide as its longest word, or the table becomes a list
+        cells = [column.header, *column.cells]
+        column.min_width = max(Measurement.get(console, options, c).minimum for c in cells)
+    # Each column has a space either side and a rule on its right; the table one on its left.
+    if sum(c.min_width or 0 for c in columns) + 3 * len(columns) + 1 <= console.width:
+        console.print(table)
+        return
+    if table.title:
+        console.print(table.title)
+    for row in zip(*(column.cells for column in columns), strict=True):
+        for column, cell in zip(columns, row, strict=True):
+            value = Text(printable(cell)) if isinstance(cell, str) else cell
+            if value:  # an empty cell is no line
+                console.print(Text.assemble(f"{column.header}: ", value), soft_wrap=True)
+        console.print()
 
 
 def print_columns(

@@ -29,8 +29,10 @@ from ae3tools.cli.common import (
     completion,
     emit_json,
     err,
+    new_table,
     out,
     parse_size,
+    print_table,
     styled,
 )
 from ae3tools.cli.progress import ProgressBars
@@ -85,18 +87,9 @@ MANY_PANEL = "Many cameras"
 SAFETY_PANEL = "Refusals and their overrides"
 
 
-def _table(columns: Sequence[str], right: Sequence[str] = ()) -> Table:
-    from rich.table import Table
-
-    table = Table()
-    for column in columns:
-        table.add_column(column, justify="right" if column in right else "left")
-    return table
-
-
 def results_table(results: Sequence[ImageResult]) -> Table:
     numbers = ("bytes", "written", "skipped", "read", "seconds")
-    table = _table(("image", "alt", *numbers, "verified"), right=numbers)
+    table = new_table(("image", "alt", *numbers, "verified"), right=numbers)
     for r in results:
         if r.verified:
             verdict = styled("equal" if r.written == 0 else "read back equal", "green")
@@ -126,7 +119,7 @@ def _count(number: int, noun: str) -> str:
 
 
 def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
-    table = _table(("image", "alt", "bytes", "blocks", "result"), right=("bytes", "blocks"))
+    table = new_table(("image", "alt", "bytes", "blocks", "result"), right=("bytes", "blocks"))
     for c in comparisons:
         result = (
             styled("equal", "green")
@@ -361,7 +354,7 @@ def flash(
     if as_json:
         emit_json(report)
         return
-    out.print(results_table(results))
+    print_table(results_table(results))
     for role, said in firmware.items():
         shown = ", ".join(f"{k} {v}" for k, v in said.items() if v)
         out.print(f"{role.upper()} firmware: {shown}")
@@ -424,7 +417,7 @@ def check(
             failure,
         )
     else:
-        out.print(comparison_table(comparisons))
+        print_table(comparison_table(comparisons))
         for image, layout in replaced:
             out.print(
                 f"{image.partition.name} on the camera holds {layout.describe()}: flashing "
@@ -595,17 +588,22 @@ def devices(
             "bootloader listens ~1.5 s after power-up)" + ("" if target.virtual else NO_CAMERA_HINT)
         )
         return
-    table = _table(("state", "serial", "where", "firmware", "bootloader", "alt settings"))
+    # The alt settings are the AE3's on every AE3: a column only when one differs.
+    usual = [p.name for p in PARTITIONS]
+    unusual = any(row.get("alt_names", usual) != usual for row in rows)
+    columns = ("state", "serial", "where", "firmware", "bootloader")
+    table = new_table((*columns, "alt settings") if unusual else columns)
     for row in rows:
+        alts = " ".join(f"{alt}:{name}" for alt, name in enumerate(row.get("alt_names", [])))
         table.add_row(
             row["state"],
             row["serial"] or "?",
             row.get("path") or row.get("port") or "?",
             row.get("firmware_version") or row.get("error") or "",
             row.get("bootloader_version") or "",
-            " ".join(f"{alt}:{name}" for alt, name in enumerate(row.get("alt_names", []))),
+            *([alts] if unusual else []),
         )
-    out.print(table)
+    print_table(table)
 
 
 @app.command("recover")
@@ -685,7 +683,7 @@ def recover_command(
         return
     out.print(f"recovery done in {seconds:.1f} s: the external flash is blank; {after}")
     if results:
-        out.print(results_table(results))
+        print_table(results_table(results))
     else:
         out.print(
             "ROMFS0 is now empty: flash it with `ae3tools flash BUNDLE --only romfs0`. "

@@ -27,8 +27,10 @@ from ae3tools.cli.common import (
     emit_json,
     envelope,
     err,
+    new_table,
     out,
     plural,
+    print_table,
     styled,
 )
 from ae3tools.cli.progress import CameraRows
@@ -37,6 +39,8 @@ from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from ae3tools.device.discovery import AttachedCamera, Selector
     from ae3tools.device.fleet import CameraResult, FlashJob, Station, Worker
     from ae3tools.dfu.builder import FlashObserver
@@ -145,12 +149,9 @@ class RunLog:
                 self.fd = None
 
 
-def results_table(results: Sequence[CameraResult]) -> Any:
-    from rich.table import Table
-
-    table = Table()
-    for column in ("camera", "found as", "result", "written", "seconds"):
-        table.add_column(column, justify="right" if column in ("written", "seconds") else "left")
+def results_table(results: Sequence[CameraResult]) -> Table:
+    numbers = ("written", "seconds")
+    table = new_table(("camera", "found as", "result", *numbers), right=numbers)
     for r in results:
         verdict = styled(r.outcome, "green") if r.ok else styled(r.error or "failed", "red")
         table.add_row(
@@ -260,7 +261,7 @@ def flash_many(
         emit_json(report, failure)
     else:
         if results and not station:
-            out.print(results_table(results))
+            print_table(results_table(results))
         failed = f"; {report['failed']} failed" if report["failed"] else ""
         how = "flashed and verified" if all(r.verified for r in results if r.ok) else "flashed"
         out.print(

@@ -19,9 +19,11 @@ from ae3tools.cli.common import (
     err,
     failure_line,
     finding_rows,
+    new_table,
     out,
     plural,
     print_findings,
+    print_table,
     printable,
     styled,
 )
@@ -93,11 +95,8 @@ def print_report(report: BundleReport, trusted: TrustedKey | None = None) -> Non
     manifest = report.manifest
     release = manifest.release.as_dict() if manifest else {}
     title = " ".join([report.path, *(f"{k}={v}" for k, v in release.items())])
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for column in ("order", "role", "alt", "size", "use", "sha256", "status"):
-        table.add_column(column, justify="right" if column in ("order", "size", "use") else "left")
+    numbers = ("order", "size", "use")
+    table = new_table(("order", "role", "alt", "size", "use", "sha256", "status"), numbers, title)
     for image in report.images:
         entry = image.entry
         table.add_row(
@@ -110,7 +109,7 @@ def print_report(report: BundleReport, trusted: TrustedKey | None = None) -> Non
             STATUS_TEXT[image.status],
         )
     if report.images:
-        out.print(table)
+        print_table(table)
     print_findings(
         [f for f in report.all_findings if f.severity is not Severity.INFO], f"{report.path}: "
     )
