@@ -95,7 +95,6 @@ def test_json_progress_report_has_the_envelope(cli, tmp_path: Path, bundle: Path
     assert report["exit_code"] == 1 and "1 of 1 camera failed" in report["error"]
 
 
-
 # ------------------------------------------------------------------------------ help
 
 
@@ -271,3 +270,82 @@ def test_tables_never_cut_serials_paths_or_hashes(
         assert image.entry.sha256[:16] in verified
     assert any(str(firmware) in line for line in inspected.splitlines()), inspected
     assert "2 of 2 cameras flashed and verified" in flashed
+
+
+# ------------------------------------------------------------------ the audit trail
+
+
+def test_a_stray_virtual_setting_is_said_in_output_json_and_log(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    """AE3TOOLS_VIRTUAL turns a production flash into a rehearsal: every record says so,
+    and names the signer's key."""
+    key = tmp_path / "release.pem"
+    assert cli("keypair", "-o", key).code == 0
+    signed = tmp_path / "signed.zip"
+    assert cli("bundle", "--from", FIXTURES / "good", "--sign", key, "-o", signed).code == 0
+    fingerprint = json.loads(cli("verify", signed, "--json").out)["signature"]["fingerprint"]
+    monkeypatch.setenv("AE3TOOLS_VIRTUAL", str(tmp_path / "cam"))
+
+    result = cli("flash", signed, "--json")
+    report = _envelope(result)
+    assert report["virtual"] == {
+        "directories": [str(tmp_path / "cam")],
+        "named_by": "AE3TOOLS_VIRTUAL",
+    }
+    assert report["source"] == {"kind": "ae3tools-bundle", "signer": fingerprint}
+    assert "VIRTUAL camera (AE3TOOLS_VIRTUAL is set)" in result.err
+
+    result = cli("flash", signed, "--full")
+    assert result.code == 0 and result.out.rstrip().endswith("(a VIRTUAL camera)")
+    assert f"bundle signed by key {fingerprint}" in result.out
+
+    log = tmp_path / "line.jsonl"
+    assert cli("flash", signed, "--all", "--log", log).code == 0
+    (record,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert record["virtual"]["named_by"] == "AE3TOOLS_VIRTUAL"
+    assert record["source"]["signer"] == fingerprint
+
+    monkeypatch.delenv("AE3TOOLS_VIRTUAL")
+    report = _envelope(cli("check", signed, "--virtual", tmp_path / "cam", "--json"))
+    assert report["virtual"]["named_by"] == "--virtual"
+    with_usb = _envelope(cli("flash", signed, "--dry-run", "--json"))
+    assert "virtual" not in with_usb  # a dry run talks to no camera
+
+
+# ------------------------------------------------------------------ recovery
+
+
+def _answering(answer: str, *args: object, cwd: Path) -> tuple[int, str, str]:
+    """Run ae3tools with a terminal for stdin (a pseudo-terminal), answering its question."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    main_fd, terminal = pty.openpty()
+    script = Path(sys.executable).with_name("ae3tools")
+    env = {**os.environ, "AE3TOOLS_VIRTUAL_TIMING": "zero"}
+    with subprocess.Popen(
+        [script, *map(str, args)], stdin=terminal, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+    ) as child:  # fmt: skip
+        os.close(terminal)
+        os.write(main_fd, answer.encode() + b"\n")
+        out, err = child.communicate(timeout=60)
+    os.close(main_fd)
+    return child.returncode, out, err
+
+
+def test_recover_names_the_everspin_builds_and_asks_on_a_terminal(cli, tmp_path: Path) -> None:
+    cam = tmp_path / "cam"
+    code, _, err = _answering("n", "recover", "--virtual", cam, cwd=tmp_path)
+    assert code == 1 and "Everspin MRAM" in err and "cannot tell which chip" in err
+    assert "not confirmed; nothing was sent to the camera" in err
+    assert not cam.exists()  # asked before the camera was touched
+    code, out, err = _answering("y", "recover", "--virtual", cam, cwd=tmp_path)
+    assert code == 0 and "recovery done" in out, err
+    # off a terminal, --yes is the answer
+    result = cli("recover", "--virtual", tmp_path / "other")
+    assert result.code == 2 and "run it again with --yes" in result.err
+    assert "Everspin" in cli("recover", "--help").out

@@ -115,7 +115,7 @@ def keygen(
     force: bool = ForceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Write the 4096-byte MRAM recovery key.bin (alt 7, RECOVERY).
+    """Write the 4096-byte recovery key.bin (alt 7: Everspin MRAM builds only).
 
     Byte-identical to OpenMV's tools/flash_recovery_key.py: the 16-byte key, then zeros.
 

@@ -6,6 +6,7 @@ command, when it is about to open a camera.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from ae3tools.cli.common import (
     new_table,
     out,
     parse_size,
+    plural,
     print_table,
     styled,
 )
@@ -39,6 +41,7 @@ from ae3tools.cli.progress import ProgressBars
 from ae3tools.cli.release import KeyOption
 from ae3tools.cli.target import (
     NO_CAMERA_HINT,
+    VIRTUAL_MARK,
     ResetOption,
     Target,
     YesOption,
@@ -50,7 +53,7 @@ from ae3tools.cli.target import (
 )
 from ae3tools.dfu.protocol import RECOVERY_TIMEOUT_MS
 from ae3tools.fileio import atomic_output, check_output, read_input, refuse_output_over_input
-from ae3tools.findings import DeviceError, UsageError
+from ae3tools.findings import Ae3Error, DeviceError, UsageError
 from ae3tools.formats.key import make_key_file
 
 if TYPE_CHECKING:
@@ -247,8 +250,9 @@ def flash(
     if count is not None and not station:
         raise UsageError("--count goes with --station")
     trusted = trusted_key(key) if key is not None else None
-    everything, release = images_for_flash(bundle, trusted)
-    images = select_images(everything, parse_only(only))
+    source = images_for_flash(bundle, trusted)
+    release = source.release
+    images = select_images(source.images, parse_only(only))
     if release is not None and not (as_json or json_progress):
         err.print(
             f"{bundle}: {release.description}: images checked for their roles; provenance "
@@ -304,7 +308,7 @@ def flash(
             allow_downgrade=allow_downgrade,
         )
         flash_many(
-            bundle, images, job, target, every=every, station=station, count=count, log=log,
+            bundle, source, images, job, target, every=every, station=station, count=count, log=log,
             key=key, as_json=as_json, json_progress=json_progress,
         )  # fmt: skip
         return
@@ -341,7 +345,8 @@ def flash(
     firmware = firmware_versions(images)
     report = {
         "bundle": str(bundle),
-        "source": release.as_dict() if release else {"kind": "ae3tools-bundle"},
+        "source": source.as_dict(),
+        "virtual": target.audit(),
         "firmware": firmware,
         "device": session.info.as_dict(),
         "was_running": session.rebooted.as_dict() if session.rebooted else None,
@@ -365,10 +370,12 @@ def flash(
         if all(r.verified for r in results)
         else "flashed (written blocks not read back: --no-verify)"
     )
+    if source.signer:
+        out.print(f"bundle signed by key {source.signer}")
     rest = ", the rest already equal" if written < blocks else ""
     out.print(
-        f"{len(results)} images {verdict} in {report['seconds']} s: {written} of {blocks} "
-        f"blocks written{rest}; {after}"
+        f"{plural(len(results), 'image')} {verdict} in {report['seconds']} s: {written} of "
+        f"{blocks} blocks written{rest}; {after}{VIRTUAL_MARK if target.virtual else ''}"
     )
 
 
@@ -393,7 +400,7 @@ def check(
     from ae3tools.dfu.flash import check_images, ota_layouts_replaced, parse_only, select_images
     from ae3tools.release.openmv_zip import images_for_flash
 
-    images = select_images(images_for_flash(bundle)[0], parse_only(only))
+    images = select_images(images_for_flash(bundle).images, parse_only(only))
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
         comparisons = check_images(session.dfu, images, observer=bars)
         replaced = ota_layouts_replaced(session.dfu, images)
@@ -406,6 +413,7 @@ def check(
         emit_json(
             {
                 "bundle": str(bundle),
+                "virtual": target.audit(),
                 "device": session.info.as_dict(),
                 "images": [c.as_dict() for c in comparisons],
                 "replaces_ota_layout": {
@@ -490,6 +498,7 @@ def read(
     if as_json:
         emit_json(
             {
+                "virtual": target.audit(),
                 "partition": partition.name,
                 "alt": partition.alt,
                 "output": str(output),
@@ -538,6 +547,7 @@ def bootloader(
     if as_json:
         emit_json(
             {
+                "virtual": target.audit(),
                 "was_running": rebooted.as_dict() if rebooted else None,
                 "bootloader": device.as_dict(),
             }
@@ -580,7 +590,7 @@ def devices(
         shut(backend)
     rows = [item.as_dict() for item in found]
     if as_json:
-        emit_json({"devices": rows})
+        emit_json({"virtual": target.audit(), "devices": rows})
         return
     if not rows:
         out.print(
@@ -604,6 +614,27 @@ def devices(
             *([alts] if unusual else []),
         )
     print_table(table)
+
+
+# What ae3tools can and cannot tell before alt 7 is used (ae3-bootloader.md §7).
+RECOVERY_CAVEAT = (
+    "recover: alt 7 is the recovery of OpenMV's special AE3 builds with an Everspin MRAM chip "
+    "in place of the standard octal NOR flash. ae3tools cannot tell which chip a camera has "
+    "(its bootloader looks the same over USB). On an Everspin build it blanks the external "
+    "memory: the filesystem (RWFS) and ROMFS0. On a standard AE3 it is expected to fail "
+    "(errWRITE), and what it does to the NOR chip is not documented."
+)
+
+
+def confirm(yes: bool, command: str, loses: str, question: str) -> None:
+    """A destructive command goes on with --yes, or when the user says so on a terminal;
+    off a terminal, without --yes, it is a usage error. Before the camera is touched."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{command} {loses}: run it again with --yes")
+    if not typer.confirm(f"{question} ({loses})", err=True):
+        raise Ae3Error(f"{command}: not confirmed; nothing was sent to the camera")
 
 
 @app.command("recover")
@@ -632,18 +663,19 @@ def recover_command(
     *,
     target: Target,
 ) -> None:
-    """Re-initialise the external flash chip with the MRAM recovery key (alt 7).
+    """Recover the external memory of a special AE3 build with an Everspin MRAM (alt 7).
 
-    This BLANKS the external flash: the internal filesystem (RWFS) and ROMFS0. Back the
-    filesystem up first with `ae3tools read rwfs -o rwfs.img`. With --bundle, ROMFS0 is
-    written again from the bundle in the same session.
+    OpenMV documents alt 7 for its special builds that carry an Everspin MRAM chip in
+    place of the standard octal NOR flash, and for those only. The recovery key
+    re-initialises that chip and leaves it BLANK: the internal filesystem (RWFS) and
+    ROMFS0 are gone. Back the filesystem up first (`ae3tools read rwfs -o rwfs.img`).
+    With --bundle, ROMFS0 is written again from the bundle in the same session. On a
+    terminal it asks first; elsewhere it needs --yes.
 
     Example: ae3tools recover --yes --bundle ae3-v4.7.0.zip
     """
-    if not yes:
-        raise UsageError(
-            "recover blanks the external flash (the filesystem and ROMFS0): run it again with --yes"
-        )
+    err.print(RECOVERY_CAVEAT, soft_wrap=True)
+    confirm(yes, "recover", "blanks RWFS and ROMFS0", "Is this camera an Everspin build?")
     from ae3tools.dfu.flash import (
         FlashFailed,
         flash_images,
@@ -659,7 +691,7 @@ def recover_command(
     )
     romfs0 = []
     if bundle is not None:
-        romfs0 = select_images(images_for_flash(bundle)[0], {Role.ROMFS0})
+        romfs0 = select_images(images_for_flash(bundle).images, {Role.ROMFS0})
     with session_for(target, quiet=as_json) as session, ProgressBars(not as_json) as bars:
         seconds = recover(session.dfu, key_bytes, timeout_ms=target.timeout_ms, observer=bars)
         results: list[ImageResult] = []
@@ -674,6 +706,7 @@ def recover_command(
     if as_json:
         emit_json(
             {
+                "virtual": target.audit(),
                 "recovery_seconds": round(seconds, 3),
                 "images": [r.as_dict() for r in results],
                 "reset": reset,
@@ -702,19 +735,26 @@ def erase_fs(
 ) -> None:
     """Wipe the camera's internal FAT filesystem (RWFS, alt 5) as OpenMV IDE does.
 
-    The camera formats a fresh filesystem on its next boot.
+    The camera formats a fresh filesystem on its next boot. On a terminal it asks
+    first; elsewhere it needs --yes.
 
     Example: ae3tools erase-fs --yes
     """
-    if not yes:
-        raise UsageError("erase-fs deletes every file on the camera: run it again with --yes")
+    confirm(yes, "erase-fs", "deletes every file on the camera", "Erase the filesystem?")
     from ae3tools.dfu.flash import erase_filesystem
 
     with session_for(target, quiet=as_json) as session:
         erase_filesystem(session.dfu)
         after = end_session(session, reset, quiet=as_json)
     if as_json:
-        emit_json({"device": session.info.as_dict(), "reset": reset, "after": after})
+        emit_json(
+            {
+                "virtual": target.audit(),
+                "device": session.info.as_dict(),
+                "reset": reset,
+                "after": after,
+            }
+        )
     else:
         out.print(f"filesystem erased; {after}")
 

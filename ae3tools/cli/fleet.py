@@ -34,7 +34,7 @@ from ae3tools.cli.common import (
     styled,
 )
 from ae3tools.cli.progress import CameraRows
-from ae3tools.cli.target import Target, shut
+from ae3tools.cli.target import VIRTUAL_MARK, Target, shut
 from ae3tools.fileio import file_sha256, refuse_output_over_input
 from ae3tools.findings import DeviceError, UsageError
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ae3tools.device.fleet import CameraResult, FlashJob, Station, Worker
     from ae3tools.dfu.builder import FlashObserver
     from ae3tools.release.bundle import BundleImage
+    from ae3tools.release.openmv_zip import FlashSource
 
 PROGRESS_STEPS = 50  # --json-progress: at most this many events per transfer
 
@@ -195,6 +196,7 @@ class Presenter:
 
 def flash_many(
     bundle: Path,
+    source: FlashSource,
     images: Sequence[BundleImage],
     job: FlashJob,
     target: Target,
@@ -214,7 +216,9 @@ def flash_many(
     bundle_fields = {
         "bundle": str(bundle),
         "bundle_sha256": file_sha256(bundle),
+        "source": source.as_dict(),
         "firmware": firmware_versions(images),
+        "virtual": target.audit(),
     }
     if log is not None:
         refuse_output_over_input(log, [bundle, key, *target.virtual])
@@ -243,7 +247,6 @@ def flash_many(
     lost = run_log.lost if run_log is not None else 0
     report = {
         **bundle_fields,
-        "virtual": bool(target.virtual),
         "cameras": [r.as_dict() for r in results],
         "flashed": sum(r.ok for r in results),
         "failed": sum(not r.ok for r in results),
@@ -264,9 +267,10 @@ def flash_many(
             print_table(results_table(results))
         failed = f"; {report['failed']} failed" if report["failed"] else ""
         how = "flashed and verified" if all(r.verified for r in results if r.ok) else "flashed"
+        signer = f"; bundle signed by key {source.signer}" if source.signer else ""
         out.print(
             f"{report['flashed']} of {plural(len(results), 'camera')} {how} in "
-            f"{report['seconds']} s{failed}"
+            f"{report['seconds']} s{failed}{signer}{VIRTUAL_MARK if target.virtual else ''}"
         )
         if lost and run_log is not None:
             err.print(

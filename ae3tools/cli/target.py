@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ae3tools.dfu.flash import FlashFailed
 
 DEFAULT_TIMEOUT = DEFAULT_TIMEOUT_MS / 1000  # seconds
+VIRTUAL_MARK = " (a VIRTUAL camera)"  # ends a report's last line when --virtual is in use
+_CONTEXT = "ae3tools_context"  # the wrapper's own parameter: no command may use the name
 NO_CAMERA_HINT = " (no camera at hand? add --virtual DIR to rehearse on a virtual AE3)"
 
 # Help panels: the options that pick a camera, and the virtual camera's, apart from
@@ -193,18 +195,25 @@ def device_command(
 
         @functools.wraps(command)
         def run(**values: Any) -> None:
+            context = values.pop(_CONTEXT)
             fields = {shared[name][2]: values.pop(name) for name in shared}
             for name, value in fields.items():
                 if isinstance(value, list):
                     fields[name] = tuple(value)
+            if fields.get("virtual"):
+                source = context.get_parameter_source("virtual")
+                fields["virtual_from_env"] = getattr(source, "name", "") == "ENVIRONMENT"
             command(target=Target(**fields), **values)
 
         keyword_own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-        run.__signature__ = signature.replace(parameters=[*keyword_own, *added])  # type: ignore[attr-defined]
-        run.__annotations__ = {
-            **{p.name: p.annotation for p in own},
-            **{p.name: p.annotation for p in added},
-        }
+        # typer hands the click context to a parameter annotated typer.Context: it says
+        # whether --virtual came from the command line or from AE3TOOLS_VIRTUAL.
+        context = inspect.Parameter(
+            _CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+        )
+        parameters = [*keyword_own, *added, context]
+        run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
         return run
 
     return decorate
@@ -215,6 +224,7 @@ class Target:
     """Which camera a command talks to, from the shared options."""
 
     virtual: tuple[Path, ...] = ()  # one virtual camera per directory; none: USB
+    virtual_from_env: bool = False  # named by AE3TOOLS_VIRTUAL, not --virtual
     timing: str = "realistic"
     faults: tuple[str, ...] = ()
     plug_delay: float = 0.0
@@ -226,6 +236,24 @@ class Target:
     port: str | None = None
     mode: str = "bootloader"
     bootloader: str = LATEST_BOOTLOADER.name
+
+    def audit(self) -> dict[str, Any] | None:
+        """For reports and logs: which virtual cameras stood in for real ones, and who
+        said so (a stray AE3TOOLS_VIRTUAL must not pass a production run off as real)."""
+        if not self.virtual:
+            return None
+        named_by = "AE3TOOLS_VIRTUAL" if self.virtual_from_env else "--virtual"
+        return {"directories": [str(d) for d in self.virtual], "named_by": named_by}
+
+    def audit_line(self) -> str:
+        """The same, said on stderr before any work."""
+        audit = self.audit()
+        if audit is None:
+            return ""
+        cameras = ", ".join(audit["directories"])
+        if self.virtual_from_env:
+            return f"VIRTUAL camera (AE3TOOLS_VIRTUAL is set): {cameras}, not USB"
+        return f"virtual camera: {cameras}"
 
     @property
     def timeout_ms(self) -> int:
@@ -279,6 +307,10 @@ class Target:
         from ae3tools.virtual.camera import virtual_bus
         from ae3tools.virtual.memory import CameraInUse
         from ae3tools.virtual.timing import Timing
+
+        err.print(
+            self.audit_line(), style="yellow" if self.virtual_from_env else "", soft_wrap=True
+        )
 
         resolved = [directory.resolve() for directory in self.virtual]
         for index, directory in enumerate(resolved):

@@ -389,15 +389,23 @@ def open_bundle(path: Path, trusted: TrustedKey | None = None) -> BundleReport:
 
 def read_bundle(path: Path, trusted: TrustedKey | None = None) -> list[BundleImage]:
     """The verified images in flash order, or Ae3Error with the first problem."""
+    return read_signed_bundle(path, trusted)[0]
+
+
+def read_signed_bundle(
+    path: Path, trusted: TrustedKey | None = None
+) -> tuple[list[BundleImage], Signature | None]:
+    """read_bundle, and the bundle's signature (verified against its manifest) if any."""
     report = open_bundle(path, trusted)
     problems = errors_in(report.all_findings)
     if problems:
         first = problems[0]
         where = f"{first.location}: " if first.location else ""
         raise Ae3Error(f"{path}: {where}{first.message}")
-    return [
+    images = [
         BundleImage(image.entry, image.data) for image in report.images if image.data is not None
     ]
+    return images, report.signature
 
 
 def _check_archive(path: str, archive: zipfile.ZipFile) -> BundleReport:

@@ -33,7 +33,7 @@ from ae3tools.release.bundle import (
     ReleaseInfo,
     images_of,
     inputs_from_directory,
-    read_bundle,
+    read_signed_bundle,
 )
 from ae3tools.release.signing import SIGNATURE_NAME, TrustedKey
 
@@ -174,14 +174,28 @@ def _read(path: Path, archive: zipfile.ZipFile) -> ReleaseZip:
     return ReleaseZip(str(path), layout, wrapper + folder, artifacts, tuple(left))
 
 
-def images_for_flash(
-    path: Path, trusted: TrustedKey | None = None
-) -> tuple[list[BundleImage], ReleaseZip | None]:
-    """What `flash` writes from `path`: a bundle's verified images, or an OpenMV release
-    zip's images checked for their roles (then the release too, to say what was left
-    alone and that its provenance is unknown)."""
+@dataclass(frozen=True)
+class FlashSource:
+    """What `flash` writes, and where it comes from."""
+
+    images: list[BundleImage]
+    release: ReleaseZip | None = None  # an OpenMV release zip: what it left alone
+    signer: str | None = None  # a signed bundle's key fingerprint, its signature checked
+
+    def as_dict(self) -> dict[str, Any]:
+        """Provenance, for reports and logs."""
+        if self.release is not None:
+            return {**self.release.as_dict(), "signer": None}
+        return {"kind": "ae3tools-bundle", "signer": self.signer}
+
+
+def images_for_flash(path: Path, trusted: TrustedKey | None = None) -> FlashSource:
+    """What `flash` writes from `path`: a bundle's verified images (and who signed it),
+    or an OpenMV release zip's images checked for their roles (then the release too, to
+    say what was left alone and that its provenance is unknown)."""
     if not is_release_zip(path):
-        return read_bundle(path, trusted), None
+        images, signature = read_signed_bundle(path, trusted)
+        return FlashSource(images, signer=signature.fingerprint if signature else None)
     if trusted is not None:
         raise Ae3Error(
             f"{path}: an OpenMV release zip is not signed, and --key accepts only a bundle "
@@ -189,7 +203,9 @@ def images_for_flash(
             hint=f"Make a signed bundle from it: ae3tools bundle --from {path} --sign KEY.pem",
         )
     release = read_release(path)
-    return images_of(release.artifacts, ReleaseInfo(notes=f"from {path.name}")), release
+    return FlashSource(
+        images_of(release.artifacts, ReleaseInfo(notes=f"from {path.name}")), release
+    )
 
 
 def inputs_from(source: Path) -> dict[Role, Input]:
