@@ -144,11 +144,13 @@ class DeviceError(Ae3Error):
         hint: str = "",
         vanished: bool = False,
         timed_out: bool = False,
+        transient: bool = False,
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, hint=hint, details=details)
         self.vanished = vanished  # the camera left the bus
         self.timed_out = timed_out  # the camera stopped answering
+        self.transient = transient  # a refusal that may pass (a stall, busy, an I/O error)
 
     @property
     def session_lost(self) -> bool:

@@ -341,3 +341,19 @@ def test_many_camera_flash_on_real_libusb_and_pyserial(tmp_path: Path, bundle: P
     assert any(e["event"] == "progress" and e["step"] == "update HP" for e in events)
     for image in read_bundle(bundle):
         assert memory_holds(memory, image.role, image.data)
+
+
+def test_a_bootloader_opened_as_it_enumerates(tmp_path: Path) -> None:
+    """openmv-ota saw OpenMV's bootloader refuse SET_INTERFACE right after enumeration
+    ("Cannot set alternate interface", 3 times in 3). With that race modelled (the
+    settling fault), real dfu-util, which opens once, fails as openmv-ota reports; ae3tools
+    retries the open within the listen window and flashes."""
+    raced = ("--fault", "settling:count=3")
+    once = bridge(
+        tmp_path / "cam", *DFU, "-a", "1", "-D", GOOD / "firmware_M55_HP.bin", options=raced
+    )
+    assert once.returncode != 0 and "Cannot set alternate interface" in once.stderr, once.stderr
+    bundle = tmp_path / "bundle.zip"
+    write_bundle(bundle, inputs_from_directory(GOOD), ReleaseInfo())
+    flashed = bridge(tmp_path / "cam", AE3TOOLS, "flash", bundle, options=raced)
+    assert flashed.returncode == 0, flashed.stderr

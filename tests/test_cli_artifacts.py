@@ -30,7 +30,11 @@ def test_keygen_writes_the_key_and_never_overwrites(cli, tmp_path: Path) -> None
 def test_keygen_default_path_and_json(cli, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = cli("keygen", "--json")
-    assert result.code == 0 and json.loads(result.out) == {"ok": True, "output": "key.bin", "size": 4096}
+    assert result.code == 0 and json.loads(result.out) == {
+        "ok": True,
+        "output": "key.bin",
+        "size": 4096,
+    }
     assert (tmp_path / "key.bin").stat().st_size == 4096
 
 

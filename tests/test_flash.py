@@ -314,3 +314,17 @@ def test_fault_matrix(
     again = cli("flash", matrix_bundle, "--virtual", camera)
     assert again.code == 0, again.err
     assert_memory_holds(camera, read_bundle(matrix_bundle))
+
+
+def test_a_bootloader_still_settling_is_opened_on_a_retry(
+    cli, bundle: Path, tmp_path: Path
+) -> None:
+    """The settling fault stalls the first SET_INTERFACE requests after enumeration, as
+    openmv-ota saw OpenMV's bootloader do: the open is retried three times, briefly; a
+    device that keeps refusing is an error after the fourth try."""
+    camera = tmp_path / "cam"
+    result = cli("flash", bundle, "--virtual", camera, "--fault", "settling:count=3", "--json")
+    assert result.code == 0, result.err
+    assert_memory_holds(camera, read_bundle(bundle))
+    result = cli("check", bundle, "--virtual", camera, "--fault", "settling:count=4")
+    assert result.code == 1 and "select alt 0" in result.err

@@ -45,6 +45,7 @@ from ae3tools.dfu.protocol import (
 from ae3tools.findings import Ae3Error, DeviceError
 
 MAX_POLLS = 10_000  # GETSTATUS polls for one block before giving up on a stuck device
+OPEN_RETRY_DELAYS = (0.1, 0.2, 0.3)  # seconds before each retry of a refused open
 DFU_INTERFACE = 0
 UDEV_RULE = (
     f'SUBSYSTEM=="usb", ATTRS{{idVendor}}=="{USB_VID:04x}", '
@@ -78,7 +79,7 @@ def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> D
             timed_out=True,
         )
     if exc.errno == errno.EPIPE:
-        return DeviceError(f"{where}: the bootloader stalled the request")
+        return DeviceError(f"{where}: the bootloader stalled the request", transient=True)
     if exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN):
         return DeviceError(
             f"{where}: the camera disconnected (unplugged, reset, or left the bootloader)",
@@ -89,6 +90,7 @@ def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> D
             f"{where}: the camera is in use by another program (another ae3tools, dfu-util "
             "or OpenMV IDE has claimed it)",
             hint="Close that program, or wait for it to finish, then run this again.",
+            transient=True,
         )
     if exc.errno == errno.EACCES:
         return DeviceError(
@@ -96,7 +98,10 @@ def describe_usb_error(exc: usb.core.USBError, where: str, timeout_ms: int) -> D
             hint=f"On Linux, allow access with a udev rule, then replug:\n  {UDEV_RULE}\n"
             "  (in /etc/udev/rules.d/50-openmv.rules; then: sudo udevadm control --reload)",
         )
-    return DeviceError(f"{where}: USB error: {exc.strerror or exc}")
+    # An I/O error, or libusb's OTHER (errno None): how Linux reports a SET_INTERFACE the
+    # device refused, as one just enumerated does.
+    transient = exc.errno in (errno.EIO, None)
+    return DeviceError(f"{where}: USB error: {exc.strerror or exc}", transient=transient)
 
 
 def libusb_backend() -> Any:
@@ -256,7 +261,26 @@ class DfuSession:
     # ---------------------------------------------------------------- session set-up
 
     def open(self) -> BootloaderInfo:
-        """Configure, claim, latch the session at once (§9 step 3) and describe it."""
+        """Configure, claim, latch the session at once (§9 step 3) and describe it.
+
+        A bootloader that has just enumerated may refuse its first requests: openmv-ota
+        measured "Cannot set alternate interface" 3 times in 3 opening OpenMV's bootloader
+        for another board at once, and waits 300 ms. The open is retried after 0.1, 0.2
+        and 0.3 s, well inside the 1.5 s listen window (§8), when the failure is one that
+        can pass (a stall, an I/O error, busy)."""
+        for delay in (*OPEN_RETRY_DELAYS, None):
+            try:
+                header = self._attach()
+                break
+            except DeviceError as exc:
+                if delay is None or not exc.transient:
+                    raise
+                time.sleep(delay)
+        names = tuple(self.alt_names())
+        version, release = bootloader_version(self.device)
+        return BootloaderInfo(read_serial(self.device), self.path, version, release, header, names)
+
+    def _attach(self) -> str | None:
         device = self.device
 
         def configure() -> None:
@@ -265,10 +289,7 @@ class DfuSession:
 
         self._usb("configure", configure)
         self._usb("claim interface", lambda: usb.util.claim_interface(device, DFU_INTERFACE))
-        header = self.read_version()  # an UPLOAD: latches ATTACHED before the window ends
-        names = tuple(self.alt_names())
-        version, release = bootloader_version(device)
-        return BootloaderInfo(read_serial(device), self.path, version, release, header, names)
+        return self.read_version()  # an UPLOAD: latches ATTACHED before the window ends
 
     def alt_names(self) -> list[str]:
         config = self._usb("read descriptors", self.device.get_active_configuration)

@@ -28,6 +28,7 @@ LIBUSB_ERROR_NOT_FOUND = -5
 LIBUSB_ERROR_BUSY = -6
 LIBUSB_ERROR_TIMEOUT = -7
 LIBUSB_ERROR_PIPE = -9
+LIBUSB_ERROR_OTHER = -99
 HIGH_SPEED = 3  # usb.util.SPEED_HIGH
 
 
@@ -239,7 +240,15 @@ class VirtualBackend(usb.backend.IBackend):  # type: ignore[misc]
         return self._control(dev_handle, 0x80, 8, 0, 0, 1, 1000)[0]
 
     def set_interface_altsetting(self, dev_handle: BusDevice, intf: int, altsetting: int) -> None:
-        self._control(dev_handle, 0x01, 11, altsetting, intf, b"", 1000)
+        """As libusb on Linux reports a refused SET_INTERFACE: any errno of the usbfs
+        ioctl but ENODEV and EINVAL is LIBUSB_ERROR_OTHER (seen through the umockdev
+        bridge; dfu-util then says "Cannot set alternate interface")."""
+        try:
+            self._control(dev_handle, 0x01, 11, altsetting, intf, b"", 1000)
+        except usb.core.USBError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            raise usb.core.USBError("Other error", LIBUSB_ERROR_OTHER, None) from None
 
     def ctrl_transfer(
         self,

@@ -135,7 +135,9 @@ class VirtualAE3:
         self.configuration_descriptor = CONFIGURATION_DESCRIPTOR
         self.boot_image = boot_image(release)
         self.timing = timing or Timing.zero()
-        self.faults = list(faults)
+        self.faults = [f for f in faults if f.kind is not FaultKind.SETTLING]
+        # SET_INTERFACE requests still to stall after enumeration (the settling fault).
+        self.unsettled = sum(f.count for f in faults if f.kind is FaultKind.SETTLING)
         self.serial = serial
         self.forced = forced  # §8.1: the application asked for the bootloader (magic word)
         self.clock = clock
@@ -311,6 +313,9 @@ class VirtualAE3:
 
     def _set_interface(self, alt: int) -> None:
         """§3: any alt 0-255 is stored without a range check; the DFU state resets."""
+        if self.unsettled > 0:
+            self.unsettled -= 1
+            raise Stall("SET_INTERFACE before the device settled (fault)")
         if alt >= len(PARTITIONS):
             self.stats.notes.append(f"SET_INTERFACE({alt}): undefined in firmware (§12.8)")
         self.alt = alt

@@ -20,6 +20,9 @@ class FaultKind(str, Enum):
     STALL = "stall"  # the request is stalled
     HANG = "hang"  # the device stops answering
     SLOW = "slow"  # the block's flash work takes `seconds` longer
+    # Just enumerated, the device stalls its first `count` SET_INTERFACE requests: what
+    # openmv-ota saw opening OpenMV's bootloader at once ("Cannot set alternate interface").
+    SETTLING = "settling"
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,12 @@ class Fault:
     op: str = "dnload"  # or "upload"
     status: Status = Status.errWRITE
     seconds: float = 1.0
+    count: int = 3  # settling: how many SET_INTERFACE requests are stalled
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """KIND:alt=ALT:block=N[:op=upload][:status=errWRITE][:seconds=S].
+        """KIND:alt=ALT:block=N[:op=upload][:status=errWRITE][:seconds=S], or
+        settling[:count=N].
 
         ALT is a number or an alt name: "status:alt=HP:block=3:status=errWRITE".
         """
@@ -43,6 +48,11 @@ class Fault:
         try:
             kind = FaultKind(kind_text)
             values = dict(pair.split("=", 1) for pair in pairs)
+            if kind is FaultKind.SETTLING:
+                fault = cls(kind, alt=-1, block=-1, count=int(values.pop("count", 3)))
+                if values:
+                    raise ValueError(f"unknown field(s) {', '.join(values)}")
+                return fault
             alt_text = values.pop("alt")
             alt = int(alt_text) if alt_text.isdigit() else partition_by_name(alt_text).alt
             fault = cls(kind, alt, int(values.pop("block")))
@@ -55,7 +65,7 @@ class Fault:
         except (KeyError, ValueError) as exc:
             raise ValueError(
                 f"fault {text!r}: expected KIND:alt=ALT:block=N[:op=dnload|upload]"
-                f"[:status=CODE][:seconds=S], KIND one of "
+                f"[:status=CODE][:seconds=S] or settling[:count=N], KIND one of "
                 f"{', '.join(k.value for k in FaultKind)} ({exc})"
             ) from None
         if values or fault.op not in ("dnload", "upload"):
