@@ -2,7 +2,7 @@
 
 Every address, size, alt number and USB identity used anywhere in ae3tools comes
 from this module. Sources: ae3-bootloader.md (cited per constant as "spec §N") and
-romfs-format.md for the ROMFS partitions.
+romfs-format.md for the ROMFS partitions (docs/sources.md lists their sections).
 """
 
 from __future__ import annotations
