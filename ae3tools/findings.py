@@ -105,7 +105,8 @@ class FindingLog:
             Finding(
                 code,
                 self.severities[code],
-                f"{count - self.cap} more {code} findings not shown ({count} in all)",
+                f"{count - self.cap} more {code} finding{'s' if count - self.cap > 1 else ''} "
+                f"not shown ({count} in all)",
             )
             for code, count in self.counts.items()
             if count > self.cap

@@ -126,7 +126,8 @@ def test_every_help_fits_80_columns_and_shows_an_example(cli, monkeypatch) -> No
         lines = result.out.splitlines()
         assert all(len(line) <= 80 for line in lines), path
         assert "…" not in result.out, (path, [line for line in lines if "…" in line])
-        assert "Example: ae3tools " in result.out, path
+        # typer 0.16 (the floor) runs a help's paragraphs together: the example may wrap
+        assert "Example: ae3tools " in " ".join(result.out.split()), path
         assert "{" not in lines[1], (path, lines[1])  # usage: BUNDLE, not typer's {BUNDLE}
 
 

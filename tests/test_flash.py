@@ -72,7 +72,7 @@ def test_memory_survives_between_runs_and_only_flashes_a_subset(
     he_file.write_bytes(b"\x00" * he_file.stat().st_size)  # scribble over HE
     hp_before = partition_image(camera, Role.HP).read_bytes()
     result = cli("flash", bundle, "--virtual", camera, "--only", "he")
-    assert result.code == 0 and "1 images flashed and verified" in result.out
+    assert result.code == 0 and "1 image flashed and verified" in result.out
     assert_memory_holds(camera, read_bundle(bundle))
     assert partition_image(camera, Role.HP).read_bytes() == hp_before
 

@@ -127,7 +127,12 @@ def comparison_table(comparisons: Sequence[ImageComparison]) -> Table:
         result = (
             styled("equal", "green")
             if c.equal
-            else styled(f"{c.differing_blocks} blocks differ: {_ranges_text(c.differing)}", "red")
+            else styled(
+                f"{plural(c.differing_blocks, 'block')} "
+                f"{'differs' if c.differing_blocks == 1 else 'differ'}: "
+                f"{_ranges_text(c.differing)}",
+                "red",
+            )
         )
         table.add_row(
             c.role.name,
@@ -375,7 +380,7 @@ def flash(
     rest = ", the rest already equal" if written < blocks else ""
     out.print(
         f"{plural(len(results), 'image')} {verdict} in {report['seconds']} s: {written} of "
-        f"{blocks} blocks written{rest}; {after}{VIRTUAL_MARK if target.virtual else ''}"
+        f"{plural(blocks, 'block')} written{rest}; {after}{VIRTUAL_MARK if target.virtual else ''}"
     )
 
 

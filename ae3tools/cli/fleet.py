@@ -100,7 +100,7 @@ def result_line(result: CameraResult) -> str:
     if result.ok:
         return (
             f"{result.camera.label}: {result.outcome} in {result.seconds:.1f} s "
-            f"({result.written} of {result.blocks} blocks written; {result.after})"
+            f"({result.written} of {plural(result.blocks, 'block')} written; {result.after})"
         )
     return f"{result.camera.label}: FAILED after {result.seconds:.1f} s: {result.error}"
 
@@ -319,7 +319,11 @@ def _run_once(
             hint="Plug the cameras in (or press reset) while this command waits; "
             "use --wait-timeout to wait longer.",
         )
-    shown.say(f"flashing {len(cameras)} cameras at once: " + ", ".join(c.label for c in cameras))
+    at_once = " at once" if len(cameras) > 1 else ""
+    shown.say(
+        f"flashing {plural(len(cameras), 'camera')}{at_once}: "
+        + ", ".join(c.label for c in cameras)
+    )
     for camera in cameras:
         shown.on_start(camera)
     return flash_cameras(worker, cameras)
