@@ -496,3 +496,26 @@ def test_mpremote_sends_the_camera_to_its_bootloader_through_its_repl() -> None:
         assert eventually(lambda: isinstance(cam.attached(), VirtualAE3))
     finally:
         cam.stop()
+
+
+def test_a_port_whose_camera_left_is_one_error_not_a_crash() -> None:
+    """pyserial's flush and reset_input_buffer on a tty whose other end has gone raise
+    termios.error (EIO), which is neither an OSError nor a SerialException: a camera
+    that resets as soon as it takes the request did this to one worker of `--all` in 20."""
+    import pty
+
+    from ae3tools.camera.reboot import port_errors
+    from ae3tools.findings import DeviceError
+
+    camera_end, host_end = pty.openpty()
+    link = serial.Serial(os.ttyname(host_end), 921600, timeout=0.02)
+    try:
+        link.write(b"request")
+        os.close(camera_end)  # the camera resets: its end of the port is gone
+        for step in (link.flush, link.reset_input_buffer):
+            with pytest.raises(DeviceError) as failed, port_errors("/dev/ttyACM0"):
+                step()
+            assert failed.value.vanished and "went away" in str(failed.value)
+    finally:
+        link.close()
+        os.close(host_end)

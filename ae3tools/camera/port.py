@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from serial import SerialException
+
 from ae3tools.board import APPLICATION_PID, USB_VID
 from ae3tools.camera.protocol import V2_BAUD
 from ae3tools.findings import DeviceError
@@ -56,6 +58,15 @@ def camera_ports() -> list[CameraPort]:
         if info.vid == USB_VID and info.pid == APPLICATION_PID
     ]
 
+
+# What a port that went away raises under a read, write, flush or close: pyserial's own
+# exception, an OSError, or on POSIX the termios module's error, which is neither (tcdrain
+# on a tty whose camera has just left: EIO; seen when a flashed camera reset at once).
+PORT_ERRORS: tuple[type[Exception], ...] = (OSError, SerialException)
+if os.name == "posix":
+    import termios
+
+    PORT_ERRORS = (*PORT_ERRORS, termios.error)
 
 # Reads return after this long with what has arrived, so a wait looks at its deadline
 # often without reconfiguring the port (pyserial applies a new timeout through termios).

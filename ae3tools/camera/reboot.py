@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from serial import SerialException
-
-from ae3tools.camera.port import CameraPort, open_port, read_exactly
+from ae3tools.camera.port import PORT_ERRORS, CameraPort, open_port, read_exactly
 from ae3tools.camera.protocol import (
     SYNC_BYTES,
     Flag,
@@ -187,7 +185,7 @@ class Asked:
                     f"{device}: the camera's REPL did not take machine.bootloader()",
                     hint=NONE_ANSWERED_HINT,
                 )
-        with contextlib.suppress(OSError, SerialException):
+        with contextlib.suppress(*PORT_ERRORS):
             self.link.flush()
 
 
@@ -197,7 +195,7 @@ def port_errors(device: str) -> Iterator[None]:
     one sentence naming it."""
     try:
         yield
-    except (OSError, SerialException) as exc:
+    except PORT_ERRORS as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise DeviceError(
             f"{device}: the port went away while the camera was being asked ({reason})",
@@ -243,7 +241,7 @@ def describe(port: CameraPort) -> RunningCamera:
         with port_errors(port.device):
             return identify(link, port, repl=False).camera
     finally:
-        with contextlib.suppress(OSError, SerialException):
+        with contextlib.suppress(*PORT_ERRORS):
             link.close()
 
 
@@ -257,6 +255,6 @@ def send_to_bootloader(port: CameraPort) -> RunningCamera:
             asked = identify(link, port)
         asked.request_bootloader()
     finally:
-        with contextlib.suppress(OSError, SerialException):
+        with contextlib.suppress(*PORT_ERRORS):
             link.close()
     return asked.camera

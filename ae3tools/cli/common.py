@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
-
-if TYPE_CHECKING:
-    from rich.table import Table
 from typer.core import TyperCommand
 
 from ae3tools import __version__
 from ae3tools.findings import Finding, Severity, UsageError
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Exit statuses besides 0 and 2 (a usage error, click's own).
 EXIT_FAILED = 1  # a check failed, or the camera did

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ae3tools.board import Role
+from ae3tools.camera.port import PORT_ERRORS
 from ae3tools.device.discovery import (
     APPLICATION,
     AttachedCamera,
@@ -192,10 +193,9 @@ def flash_camera(
         return failed(exc, exc.completed, exc.remaining)
     except DeviceError as exc:
         return failed(exc, (), roles)
-    except OSError as exc:  # the port or device went mid-step (pyserial's errors are OSErrors)
-        return failed(
-            DeviceError(f"lost the camera: {exc.strerror or exc}", vanished=True), (), roles
-        )
+    except PORT_ERRORS as exc:  # the port or device went mid-step
+        reason = getattr(exc, "strerror", None) or exc
+        return failed(DeviceError(f"lost the camera: {reason}", vanished=True), (), roles)
     except Exception as exc:  # one camera's failure never stops the others
         return failed(DeviceError(f"internal error: {type(exc).__name__}: {exc}"), (), roles)
     return CameraResult(
