@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from serial import SerialException
-
 from ae3tools.board import APPLICATION_PID, USB_VID
 from ae3tools.camera.protocol import V2_BAUD
 from ae3tools.findings import DeviceError
@@ -59,14 +57,19 @@ def camera_ports() -> list[CameraPort]:
     ]
 
 
-# What a port that went away raises under a read, write, flush or close: pyserial's own
-# exception, an OSError, or on POSIX the termios module's error, which is neither (tcdrain
-# on a tty whose camera has just left: EIO; seen when a flashed camera reset at once).
-PORT_ERRORS: tuple[type[Exception], ...] = (OSError, SerialException)
-if os.name == "posix":
-    import termios
+def port_error_types() -> tuple[type[Exception], ...]:
+    """What a port that went away raises under a read, write, flush or close: pyserial's
+    own exception, an OSError, or on POSIX the termios module's error, which is neither
+    (tcdrain on a tty whose camera has just left: EIO; seen when a camera reset at once).
+    Imported when a port is used: the umockdev bridge's system Python has no pyserial."""
+    from serial import SerialException
 
-    PORT_ERRORS = (*PORT_ERRORS, termios.error)
+    try:
+        import termios
+    except ImportError:  # Windows
+        return (OSError, SerialException)
+    return (OSError, SerialException, termios.error)
+
 
 # Reads return after this long with what has arrived, so a wait looks at its deadline
 # often without reconfiguring the port (pyserial applies a new timeout through termios).

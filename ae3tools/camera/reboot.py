@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ae3tools.camera.port import PORT_ERRORS, CameraPort, open_port, read_exactly
+from ae3tools.camera.port import CameraPort, open_port, port_error_types, read_exactly
 from ae3tools.camera.protocol import (
     SYNC_BYTES,
     Flag,
@@ -38,6 +38,8 @@ from ae3tools.camera.protocol import (
 from ae3tools.camera.repl import repl_bootloader, repl_identity
 from ae3tools.camera.v2_link import REPLY_TIMEOUT, NoReply, V2Link
 from ae3tools.findings import DeviceError
+
+PORT_ERRORS = port_error_types()
 
 # §6.1: "nothing valid back within about 1 s" means the camera does not speak usbdbg.
 # usbdbg answers within its 50 ms poll (§7 item 12), but guessing V2 too early on a slow

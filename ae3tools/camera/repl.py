@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ae3tools.camera.port import PORT_ERRORS, read_until
+from ae3tools.camera.port import port_error_types, read_until
 from ae3tools.camera.protocol import REPL_BAUD
 from ae3tools.formats.firmware import FirmwareIdentity, firmware_identity
 
@@ -54,5 +54,5 @@ def repl_bootloader(link: Any) -> bool:
     link.write(BOOTLOADER)
     try:
         return read_until(link, ACCEPTED, REPL_TIMEOUT).endswith(ACCEPTED)
-    except PORT_ERRORS:
+    except port_error_types():
         return True

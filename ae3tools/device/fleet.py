@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ae3tools.board import Role
-from ae3tools.camera.port import PORT_ERRORS
+from ae3tools.camera.port import port_error_types
 from ae3tools.device.discovery import (
     APPLICATION,
     AttachedCamera,
@@ -193,7 +193,7 @@ def flash_camera(
         return failed(exc, exc.completed, exc.remaining)
     except DeviceError as exc:
         return failed(exc, (), roles)
-    except PORT_ERRORS as exc:  # the port or device went mid-step
+    except port_error_types() as exc:  # the port or device went mid-step
         reason = getattr(exc, "strerror", None) or exc
         return failed(DeviceError(f"lost the camera: {reason}", vanished=True), (), roles)
     except Exception as exc:  # one camera's failure never stops the others
