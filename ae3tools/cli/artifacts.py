@@ -30,18 +30,7 @@ from ae3tools.cli.common import (
     print_findings,
     print_table,
 )
-from ae3tools.cli.target import (
-    PathOption,
-    PortOption,
-    SerialOption,
-    Target,
-    TimeoutOption,
-    TimingOption,
-    VirtualBootloaderOption,
-    VirtualModeOption,
-    VirtualOption,
-    WaitTimeoutOption,
-)
+from ae3tools.cli.target import Target, device_command
 from ae3tools.collector import collector_paused
 from ae3tools.fileio import read_input, refuse_output_over_input, write_atomic
 from ae3tools.findings import Ae3Error, Severity, UsageError, error, errors_in
@@ -248,6 +237,7 @@ def _show_listing(source: str, data: bytes, parsed: RomfsImage, as_json: bool) -
 
 
 @romfs_app.command("ls")
+@device_command(omit=("plug_delay", "fault", "wait"))
 def romfs_ls(
     image: Path | None = typer.Argument(
         None, metavar="IMAGE", help="ROMFS image file (or use --device)."
@@ -274,16 +264,9 @@ def romfs_ls(
         metavar="PATTERN=N",
         help="Require alignment for matching files, e.g. '*.bin=8' (repeatable).",
     ),
-    serial: list[str] = SerialOption,
-    path: list[str] = PathOption,
-    port: str | None = PortOption,
-    wait_timeout: float = WaitTimeoutOption,
-    timeout: float = TimeoutOption,
-    virtual: list[Path] = VirtualOption,
-    virtual_timing: str = TimingOption,
-    virtual_mode: str = VirtualModeOption,
-    virtual_bootloader: str = VirtualBootloaderOption,
     as_json: bool = JsonOption,
+    *,
+    target: Target,
 ) -> None:
     """List and validate a ROMFS image: every file with its size, data offset and alignment.
 
@@ -301,17 +284,6 @@ def romfs_ls(
         from ae3tools.cli.device import device_romfs
 
         role = romfs_partition(device, "--device")
-        target = Target(
-            virtual=tuple(virtual),
-            timing=virtual_timing,
-            serials=tuple(serial),
-            paths=tuple(path),
-            port=port,
-            wait_timeout=wait_timeout,
-            timeout=timeout,
-            mode=virtual_mode,
-            bootloader=virtual_bootloader,
-        )
         data = device_romfs(role, target, reset=True, show_progress=not as_json)
         source = f"camera {device.lower()}"
     elif image is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ae3tools.board import (
+    ALT_NAMES,
     FLASH_ORDER,
     PARTITIONS,
     Memory,
@@ -604,8 +605,7 @@ def devices(
         )
         return
     # The alt settings are the AE3's on every AE3: a column only when one differs.
-    usual = [p.name for p in PARTITIONS]
-    unusual = any(row.get("alt_names", usual) != usual for row in rows)
+    unusual = any(tuple(row.get("alt_names", ALT_NAMES)) != ALT_NAMES for row in rows)
     columns = ("state", "serial", "where", "firmware", "bootloader")
     table = new_table((*columns, "alt settings") if unusual else columns)
     for row in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ae3tools.cli.common import err
 
@@ -60,33 +60,16 @@ class PlainProgress:
         pass
 
 
-def _bars(*columns: Any) -> Progress:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    return Progress(
-        *columns[:1],
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        *columns[1:],
-        console=err,
-    )
+_Bars = TypeVar("_Bars", bound="_LiveBars")
 
 
-class ProgressBars:
-    """A FlashObserver for one camera: a rich bar per transfer in a terminal, plain
-    lines otherwise, nothing when not `enabled` (--json)."""
+class _LiveBars:
+    """Rich bars on stderr while the `with` block runs, when there are any (`progress`
+    is None off a terminal, or when progress is not shown)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.plain = PlainProgress(err.print) if enabled and not err.is_terminal else None
-        self.progress: Progress | None = None
-        if enabled and self.plain is None:
-            from rich.progress import TextColumn, TimeRemainingColumn
+    progress: Progress | None = None
 
-            self.progress = _bars(TextColumn("{task.description:<16}"), TimeRemainingColumn())
-        self.task: Any = None
-
-    def __enter__(self) -> ProgressBars:
+    def __enter__(self: _Bars) -> _Bars:
         if self.progress is not None:
             self.progress.start()
         return self
@@ -94,6 +77,37 @@ class ProgressBars:
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+    @staticmethod
+    def bars(label_width: int, *, time_left: bool = False) -> Progress:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        return Progress(
+            TextColumn(f"{{task.description:<{label_width}}}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            *([TimeRemainingColumn()] if time_left else []),
+            console=err,
+        )
+
+
+class ProgressBars(_LiveBars):
+    """A FlashObserver for one camera: a rich bar per transfer in a terminal, plain
+    lines otherwise, nothing when not `enabled` (--json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.plain = PlainProgress(err.print) if enabled and not err.is_terminal else None
+        if enabled and self.plain is None:
+            self.progress = self.bars(16, time_left=True)
+        self.task: Any = None
 
     def begin(self, label: str, total: int) -> None:
         if self.plain is not None:
@@ -111,28 +125,16 @@ class ProgressBars:
         self.task = None
 
 
-class CameraRows:
+class CameraRows(_LiveBars):
     """Many cameras: a progress line per camera while it is flashed and a line when it
     finishes, on stderr; in a log, plain lines prefixed by the camera."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.progress: Progress | None = None
         self.lock = threading.Lock()  # plain lines from many workers, one at a time
         if enabled and err.is_terminal:
-            from rich.progress import TextColumn
-
-            self.progress = _bars(TextColumn("{task.description:<42}"))
+            self.progress = self.bars(42)
         self.rows: dict[str, TaskID] = {}
-
-    def __enter__(self) -> CameraRows:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
 
     def say(self, text: str) -> None:
         """A line above the rows (or in the log)."""

@@ -67,8 +67,8 @@ FaultOption = typer.Option(
     rich_help_panel=VIRTUAL_PANEL,
     help="Inject a fault, once (repeatable): status:alt=HP:block=3:status=errWRITE, "
     "vanish:alt=ROMFS0:block=10, stall:alt=HE:block=0, hang:alt=HP:block=5, "
-    "slow:alt=HP:block=1:seconds=2, busy-open (the first opens fail), app:mute ... "
-    "(the README lists them all).",
+    "slow:alt=HP:block=1:seconds=2, settling:count=3 (a bootloader just enumerated "
+    "refuses its first SET_INTERFACEs), app:mute ... (docs/virtual-ae3.md lists them all).",
 )
 VIRTUAL_MODES = ("bootloader", "app", "app-legacy", "app-4.7")
 VirtualModeOption = typer.Option(
